@@ -1,0 +1,1892 @@
+"""Livestream API: a small control plane beside an RTMP ingest server.
+
+The App Server creates channels and user limits over HTTP; the ingest server
+(nginx-rtmp) asks this service, through its notify hooks, whether a stream may
+go live and keeps it informed while it is. One module, one SQLite file.
+
+Read top to bottom: configuration, the store (all SQL), authentication, the
+envelope and errors, validation, the routes by resource, the ingest hooks,
+serving, and the command line.
+"""
+
+import argparse
+import base64
+import binascii
+import contextlib
+import hashlib
+import hmac
+import json
+import logging
+import os
+import re
+import secrets
+import signal
+import sqlite3
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+import xml.etree.ElementTree as ElementTree
+from collections import OrderedDict
+from configparser import ConfigParser, Error as ConfigParserError
+from pathlib import Path
+
+import bottle
+
+__version__ = '0.1.0'
+
+#: The logger for everything this service says; the access log is its child.
+log = logging.getLogger('livestream')
+
+
+###############################################################################
+# Configuration ################################################################
+###############################################################################
+
+class ConfigError(Exception):
+    """A configuration file, key or value that cannot be used."""
+
+
+def _positive_int(text):
+    value = int(text)
+    if value < 1:
+        raise ValueError('must be at least 1')
+    return value
+
+
+def _limit(text):
+    """A user limit: a non-negative integer, or empty / "none" for unlimited."""
+    if text.strip().lower() in ('', 'none', 'unlimited'):
+        return None
+    value = int(text)
+    if not 0 <= value <= MAX_LIMIT:
+        raise ValueError('must be between 0 and %d' % MAX_LIMIT)
+    return value
+
+
+def _port(text):
+    value = int(text)
+    if not 0 <= value <= 65535:
+        raise ValueError('must be a port number (0-65535)')
+    return value
+
+
+def _url(text):
+    text = text.strip()
+    if text and not re.match(r'^[a-z][a-z0-9+.-]*://[^\s/]+', text):
+        raise ValueError('must be an absolute URL such as http://127.0.0.1:8088/stat')
+    return text.rstrip('/')
+
+
+#: Largest value a user limit may take (fits SQLite's integer and any client's).
+MAX_LIMIT = 2 ** 31 - 1
+
+#: Every configuration key: section -> key -> (parser, default as text).
+CONFIG_KEYS = {
+    'server': {
+        'host': (str, '127.0.0.1'),
+        'port': (_port, '8080'),
+        'threads': (_positive_int, '8'),
+        'max_body_bytes': (_positive_int, str(1024 * 1024)),
+    },
+    'database': {
+        'path': (str, 'livestream.db'),
+    },
+    'ingest': {
+        'rtmp_url': (_url, 'rtmp://127.0.0.1:1935/live'),
+        'hls_url': (_url, 'http://127.0.0.1:8088/hls'),
+        'stat_url': (_url, 'http://127.0.0.1:8088/stat'),
+        'hook_secret': (str, ''),
+        'update_interval': (_positive_int, '10'),
+    },
+    'limits': {
+        'max_channels': (_limit, '100'),
+        'max_live_channels': (_limit, '1'),
+        'max_bitrate_kbps': (_limit, '12000'),
+        'max_session_seconds': (_limit, '43200'),
+    },
+    'auth': {
+        'throttle_failures': (_positive_int, '10'),
+        'throttle_seconds': (_positive_int, '60'),
+    },
+}
+
+
+def load_config(path=None, environ=None, overrides=None):
+    """Defaults, then the file at `path`, then LIVESTREAM_<SECTION>_<KEY> from
+    `environ`, then `overrides` ({section: {key: text}}); validated."""
+    raw = {section: {key: default for key, (_, default) in keys.items()}
+           for section, keys in CONFIG_KEYS.items()}
+
+    def put(section, key, value, origin):
+        if section not in CONFIG_KEYS:
+            raise ConfigError('%s: unknown section [%s]' % (origin, section))
+        if key not in CONFIG_KEYS[section]:
+            raise ConfigError('%s: unknown key %r in [%s]' % (origin, key, section))
+        raw[section][key] = str(value)
+
+    if path is not None:
+        parser = ConfigParser(interpolation=None)
+        try:
+            with open(path, encoding='utf-8') as config_file:
+                parser.read_file(config_file)
+        except OSError as error:
+            raise ConfigError('cannot read config file %s: %s' % (path, error.strerror))
+        except (ConfigParserError, UnicodeDecodeError) as error:
+            raise ConfigError('config file %s: %s' % (path, error))
+        for section in parser.sections():
+            for key, value in parser.items(section):
+                put(section, key, value, path)
+    for name, value in (os.environ if environ is None else environ).items():
+        match = re.match(r'^LIVESTREAM_(%s)_(\w+)$' % '|'.join(CONFIG_KEYS).upper(), name)
+        if match:
+            put(match.group(1).lower(), match.group(2).lower(), value, name)
+    for section, keys in (overrides or {}).items():
+        for key, value in keys.items():
+            put(section, key, value, 'override')
+
+    config = {}
+    for section, keys in CONFIG_KEYS.items():
+        config[section] = {}
+        for key, (parse, _) in keys.items():
+            try:
+                config[section][key] = parse(raw[section][key])
+            except ValueError as error:
+                raise ConfigError('[%s] %s = %r: %s' % (section, key, raw[section][key], error))
+    return config
+
+
+###############################################################################
+# Store: every SQL statement lives here #######################################
+###############################################################################
+
+def _schema_path():
+    """schema.sql beside this file (a checkout), else where the wheel put it."""
+    for candidate in (Path(__file__).with_name('schema.sql'),
+                      Path(sys.prefix) / 'share' / 'livestream-api' / 'schema.sql'):
+        if candidate.is_file():
+            return candidate
+    raise RuntimeError('schema.sql not found beside %s or under %s/share/livestream-api'
+                       % (__file__, sys.prefix))
+
+
+def _migrations():
+    """[(version, sql)] from the `-- migration: N` blocks of schema.sql, in order."""
+    blocks = re.split(r'^-- migration: (\d+)\s*$', _schema_path().read_text(), flags=re.M)
+    return [(int(version), sql) for version, sql in zip(blocks[1::2], blocks[2::2])]
+
+
+class Store:
+    """The SQLite database: one connection per thread, kept open; writes are
+    serialized by a lock in this process and BEGIN IMMEDIATE across processes."""
+
+    def __init__(self, path):
+        self.path = str(path)
+        self._local = threading.local()
+        self._connections = []
+        self._connections_lock = threading.Lock()
+        self._write_lock = threading.Lock()
+
+    @property
+    def db(self):
+        """This thread's connection, opened and configured on first use."""
+        conn = getattr(self._local, 'conn', None)
+        if conn is None:
+            conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False,
+                                   timeout=10)
+            conn.row_factory = sqlite3.Row
+            # FULL: a commit is on disk before the client hears 2xx, power loss included.
+            conn.executescript('PRAGMA journal_mode = WAL; PRAGMA foreign_keys = ON;'
+                               'PRAGMA busy_timeout = 10000; PRAGMA synchronous = FULL;')
+            self._local.conn = conn
+            with self._connections_lock:
+                self._connections.append(conn)
+        return conn
+
+    @contextlib.contextmanager
+    def transaction(self):
+        """A write transaction: committed on success, rolled back and re-raised on error."""
+        db = self.db
+        with self._write_lock:
+            db.execute('BEGIN IMMEDIATE')
+            try:
+                yield db
+                db.execute('COMMIT')
+            except BaseException:
+                if db.in_transaction:
+                    db.execute('ROLLBACK')
+                raise
+
+    def close(self):
+        """Checkpoint the WAL into the database file and close every connection."""
+        with self._connections_lock:
+            connections, self._connections = self._connections, []
+        for conn in connections:
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute('PRAGMA wal_checkpoint(TRUNCATE)')
+            with contextlib.suppress(sqlite3.Error):
+                conn.close()
+        self._local = threading.local()
+
+    def migrate(self):
+        """Bring the schema up to date, one migration block per transaction."""
+        for version, sql in _migrations():
+            with self.transaction() as db:
+                if db.execute('PRAGMA user_version').fetchone()[0] >= version:
+                    continue
+                for statement in _split_sql(sql):
+                    db.execute(statement)
+                db.execute('PRAGMA user_version = %d' % version)
+
+    def check(self):
+        """Raise sqlite3.Error unless the database can be read."""
+        self.db.execute('SELECT count(*) FROM settings').fetchone()
+
+    def size_bytes(self):
+        row = self.db.execute('SELECT page_count * page_size FROM pragma_page_count(), '
+                              'pragma_page_size()').fetchone()
+        return row[0]
+
+    # Settings ----------------------------------------------------------------
+
+    def setting(self, name, make_default):
+        """The stored value of `name`, storing make_default() the first time."""
+        row = self.db.execute('SELECT value FROM settings WHERE name = ?', (name,)).fetchone()
+        if row:
+            return row[0]
+        with self.transaction() as db:
+            db.execute('INSERT OR IGNORE INTO settings (name, value) VALUES (?, ?)',
+                       (name, make_default()))
+            return db.execute('SELECT value FROM settings WHERE name = ?', (name,)).fetchone()[0]
+
+    # Clients -----------------------------------------------------------------
+
+    def client_by_token(self, token_id):
+        return self.db.execute('SELECT * FROM clients WHERE token_id = ?', (token_id,)).fetchone()
+
+    def client_by_public_id(self, public_id):
+        return self.db.execute('SELECT * FROM clients WHERE public_id = ?',
+                               (public_id,)).fetchone()
+
+    def count_clients(self):
+        return self.db.execute('SELECT count(*) FROM clients').fetchone()[0]
+
+    def create_client(self, name, role, token_id, secret_hash, now, from_env=False):
+        with self.transaction() as db:
+            db.execute('INSERT INTO clients (public_id, name, role, token_id, secret_hash, '
+                       'from_env, created_at) VALUES (?, ?, ?, ?, ?, ?, ?)',
+                       (new_public_id(), name, role, token_id, secret_hash, int(from_env), now))
+        return self.client_by_token(token_id)
+
+    def put_env_client(self, token_id, secret_hash, now):
+        """Make the environment's admin token exist with exactly this secret."""
+        with self.transaction() as db:
+            db.execute('INSERT INTO clients (public_id, name, role, token_id, secret_hash, '
+                       "from_env, created_at) VALUES (?, 'environment admin', 'admin', ?, ?, 1, ?) "
+                       "ON CONFLICT (token_id) DO UPDATE SET secret_hash = excluded.secret_hash, "
+                       "role = 'admin', from_env = 1",
+                       (new_public_id(), token_id, secret_hash, now))
+
+    def list_clients(self, after, limit):
+        rows = self.db.execute('SELECT * FROM clients WHERE id < ? ORDER BY id DESC LIMIT ?',
+                               (after, limit + 1)).fetchall()
+        return rows, self.count_clients()
+
+    def set_client_secret(self, client_pk, secret_hash):
+        with self.transaction() as db:
+            db.execute('UPDATE clients SET secret_hash = ? WHERE id = ?', (secret_hash, client_pk))
+
+    def delete_client(self, client_pk, now):
+        """Delete a client with its users and channels, ending their live sessions."""
+        with self.transaction() as db:
+            self._end_live_sessions(db, 'client_id = ?', (client_pk,), 'channel_deleted', now)
+            db.execute('DELETE FROM channels WHERE client_id = ?', (client_pk,))
+            db.execute('DELETE FROM users WHERE client_id = ?', (client_pk,))
+            db.execute('DELETE FROM clients WHERE id = ?', (client_pk,))
+
+    # Users -------------------------------------------------------------------
+
+    _USER_LIMITS = ('max_channels', 'max_live_channels', 'max_bitrate_kbps',
+                    'max_session_seconds')
+    _USER_SELECT = ('SELECT u.*, cl.public_id AS client_public_id FROM users u '
+                    'JOIN clients cl ON cl.id = u.client_id ')
+
+    def user(self, client_pk, user_id):
+        return self.db.execute(self._USER_SELECT + 'WHERE u.client_id = ? AND u.user_id = ?',
+                               (client_pk, user_id)).fetchone()
+
+    def list_users(self, client_pk, after, limit):
+        """A page of users, newest first; client_pk None means every client's."""
+        where, args = ('u.client_id = ? AND ', [client_pk]) if client_pk else ('', [])
+        rows = self.db.execute(self._USER_SELECT + 'WHERE %s u.id < ? ORDER BY u.id DESC LIMIT ?'
+                               % where, args + [after, limit + 1]).fetchall()
+        if client_pk:
+            total = self.db.execute('SELECT users FROM clients WHERE id = ?',
+                                    (client_pk,)).fetchone()[0]
+        else:
+            total = self.db.execute('SELECT coalesce(sum(users), 0) FROM clients').fetchone()[0]
+        return rows, total
+
+    def _ensure_user(self, db, client_pk, user_id, defaults, now):
+        """The user's row id, creating the user with `defaults` limits if new."""
+        row = db.execute('SELECT id FROM users WHERE client_id = ? AND user_id = ?',
+                         (client_pk, user_id)).fetchone()
+        if row:
+            return row[0], False
+        cursor = db.execute(
+            'INSERT INTO users (client_id, user_id, max_channels, max_live_channels, '
+            'max_bitrate_kbps, max_session_seconds, created_at, updated_at) '
+            'VALUES (?, ?, ?, ?, ?, ?, ?, ?)',
+            (client_pk, user_id) + tuple(defaults[name] for name in self._USER_LIMITS)
+            + (now, now))
+        return cursor.lastrowid, True
+
+    def put_user(self, client_pk, user_id, limits, defaults, now, replace):
+        """Create or update a user's limits; `replace` resets unnamed limits to
+        `defaults` (PUT), otherwise only the named ones change (PATCH)."""
+        with self.transaction() as db:
+            user_pk, created = self._ensure_user(db, client_pk, user_id, defaults, now)
+            values = dict(defaults) if replace else {}
+            values.update(limits)
+            if values:
+                db.execute('UPDATE users SET %s, updated_at = ? WHERE id = ?'
+                           % ', '.join('%s = ?' % name for name in values),
+                           tuple(values.values()) + (now, user_pk))
+        return self.user(client_pk, user_id), created
+
+    def delete_user(self, user_pk, now):
+        with self.transaction() as db:
+            self._end_live_sessions(db, 'user_pk = ?', (user_pk,), 'channel_deleted', now)
+            db.execute('DELETE FROM channels WHERE user_pk = ?', (user_pk,))
+            db.execute('DELETE FROM users WHERE id = ?', (user_pk,))
+
+    # Channels ----------------------------------------------------------------
+
+    _CHANNEL_SELECT = (
+        'SELECT c.*, u.user_id, cl.public_id AS client_public_id, s.started_at AS live_since '
+        'FROM channels c JOIN users u ON u.id = c.user_pk JOIN clients cl ON cl.id = c.client_id '
+        'LEFT JOIN sessions s ON s.id = c.live_session_id ')
+
+    def channel(self, client_pk, public_id):
+        """A channel by public id, within one client (or any client for None)."""
+        if client_pk is None:
+            return self.db.execute(self._CHANNEL_SELECT + 'WHERE c.public_id = ?',
+                                   (public_id,)).fetchone()
+        return self.db.execute(self._CHANNEL_SELECT + 'WHERE c.public_id = ? AND c.client_id = ?',
+                               (public_id, client_pk)).fetchone()
+
+    def list_channels(self, client_pk, user_id, status, q, after, limit):
+        """A page of channels, newest first, and the total matching the filters."""
+        where, args = [], []
+        if client_pk:
+            where.append('c.client_id = ?')
+            args.append(client_pk)
+        if user_id is not None:
+            where.append('u.user_id = ?')
+            args.append(user_id)
+        if status == 'live':
+            where.append('c.live_session_id IS NOT NULL')
+        elif status == 'idle':
+            where.append('c.live_session_id IS NULL AND c.enabled = 1')
+        elif status == 'disabled':
+            where.append('c.enabled = 0')
+        if q:
+            where.append("c.name LIKE ? ESCAPE '\\'")
+            args.append('%' + re.sub(r'([\\%_])', r'\\\1', q) + '%')
+        filters = ' AND '.join(where) or '1'
+        rows = self.db.execute(self._CHANNEL_SELECT + 'WHERE %s AND c.id < ? '
+                               'ORDER BY c.id DESC LIMIT ?' % filters,
+                               args + [after, limit + 1]).fetchall()
+        if where == ['c.client_id = ?']:
+            total = self.db.execute('SELECT channels FROM clients WHERE id = ?',
+                                    args).fetchone()[0]
+        elif not where:
+            total = self.db.execute('SELECT coalesce(sum(channels), 0) FROM clients').fetchone()[0]
+        else:
+            total = self.db.execute('SELECT count(*) FROM channels c JOIN users u '
+                                    'ON u.id = c.user_pk WHERE ' + filters, args).fetchone()[0]
+        return rows, total
+
+    def create_channel(self, client_pk, user_id, fields, defaults, now):
+        """Insert a channel for the user (created with `defaults` if new).
+        Returns (channel, None) or (None, (limit name, value)) past maxChannels."""
+        public_id = new_public_id()
+        with self.transaction() as db:
+            user_pk, _ = self._ensure_user(db, client_pk, user_id, defaults, now)
+            user = db.execute('SELECT channels, max_channels FROM users WHERE id = ?',
+                              (user_pk,)).fetchone()
+            if user['max_channels'] is not None and user['channels'] >= user['max_channels']:
+                return None, ('maxChannels', user['max_channels'])
+            db.execute('INSERT INTO channels (public_id, client_id, user_pk, name, description, '
+                       'metadata, enabled, stream_key, created_at, updated_at) '
+                       'VALUES (?, ?, ?, ?, ?, ?, 1, ?, ?, ?)',
+                       (public_id, client_pk, user_pk, fields['name'],
+                        fields.get('description', ''), json.dumps(fields.get('metadata', {})),
+                        new_stream_key(), now, now))
+        return self.channel(client_pk, public_id), None
+
+    def update_channel(self, channel_pk, fields, now, new_key=False):
+        """Change a channel's fields (and key); a live stream is ended when the
+        channel is disabled or re-keyed. Returns the reason it ended, if it did."""
+        columns = dict(fields)
+        if 'metadata' in columns:
+            columns['metadata'] = json.dumps(columns['metadata'])
+        if new_key:
+            columns['stream_key'] = new_stream_key()
+        reason = 'key_rotated' if new_key else (
+            'channel_disabled' if columns.get('enabled') is False else None)
+        with self.transaction() as db:
+            db.execute('UPDATE channels SET %s updated_at = ? WHERE id = ?'
+                       % ''.join('%s = ?, ' % name for name in columns),
+                       tuple(columns.values()) + (now, channel_pk))
+            if reason:
+                return self._end_live_sessions(db, 'id = ?', (channel_pk,), reason, now)
+        return 0
+
+    def delete_channel(self, channel_pk, now):
+        with self.transaction() as db:
+            self._end_live_sessions(db, 'id = ?', (channel_pk,), 'channel_deleted', now)
+            db.execute('DELETE FROM channels WHERE id = ?', (channel_pk,))
+
+    # Sessions (a broadcast: one publish from go-live to end) -----------------
+
+    def _end_live_sessions(self, db, channel_filter, args, reason, now):
+        """End the open sessions of the channels matching `channel_filter`."""
+        ended = db.execute('UPDATE sessions SET ended_at = max(?, started_at), end_reason = ? '
+                           'WHERE ended_at IS NULL AND channel_id IN '
+                           '(SELECT id FROM channels WHERE %s)' % channel_filter,
+                           (now, reason) + tuple(args)).rowcount
+        db.execute('UPDATE channels SET live_session_id = NULL WHERE live_session_id IS NOT NULL '
+                   'AND %s' % channel_filter, args)
+        return ended
+
+    def end_session(self, session_id, reason, ended_at):
+        with self.transaction() as db:
+            self._end_session(db, session_id, reason, ended_at)
+
+    @staticmethod
+    def _end_session(db, session_id, reason, ended_at):
+        db.execute('UPDATE sessions SET ended_at = max(?, started_at), end_reason = ? '
+                   'WHERE id = ? AND ended_at IS NULL', (ended_at, reason, session_id))
+        db.execute('UPDATE channels SET live_session_id = NULL WHERE live_session_id = ?',
+                   (session_id,))
+
+    def has_stale_sessions(self, cutoff):
+        return self.db.execute('SELECT 1 FROM sessions WHERE ended_at IS NULL AND '
+                               'last_seen_at < ? LIMIT 1', (cutoff,)).fetchone() is not None
+
+    def end_stale_sessions(self, cutoff):
+        """End every open session not heard from since `cutoff`, as of its last sign of life."""
+        with self.transaction() as db:
+            stale = db.execute('SELECT id, last_seen_at FROM sessions WHERE ended_at IS NULL '
+                               'AND last_seen_at < ?', (cutoff,)).fetchall()
+            for session in stale:
+                self._end_session(db, session['id'], 'stale', session['last_seen_at'])
+        return len(stale)
+
+    def ingest_channel(self, public_id):
+        """What the hooks need to decide about a stream: channel, key, user limits."""
+        return self.db.execute(
+            'SELECT c.id, c.public_id, c.client_id, c.enabled, c.stream_key, c.live_session_id, '
+            'u.id AS user_pk, u.live_channels, u.max_live_channels, u.max_bitrate_kbps, '
+            'u.max_session_seconds FROM channels c JOIN users u ON u.id = c.user_pk '
+            'WHERE c.public_id = ?', (public_id,)).fetchone()
+
+    def session(self, session_id):
+        return self.db.execute('SELECT s.*, c.public_id AS channel_public_id FROM sessions s '
+                               'JOIN channels c ON c.id = s.channel_id WHERE s.id = ?',
+                               (session_id,)).fetchone()
+
+    def last_session_of(self, channel_pk, ingest_client):
+        return self.db.execute('SELECT * FROM sessions WHERE channel_id = ? AND ingest_client = ? '
+                               'ORDER BY id DESC LIMIT 1', (channel_pk, ingest_client)).fetchone()
+
+    def start_session(self, public_id, key, ingest_client, addr, now, stale_cutoff):
+        """Open a session for a publish if the channel, its key and its user's
+        limit allow it, deciding under the write lock so two publishes cannot
+        both pass a limit. Returns (session id, None) or (None, why not)."""
+        with self.transaction() as db:
+            channel = db.execute(
+                'SELECT c.id, c.enabled, c.stream_key, c.live_session_id, u.live_channels, '
+                'u.max_live_channels, s.ingest_client, s.last_seen_at FROM channels c '
+                'JOIN users u ON u.id = c.user_pk LEFT JOIN sessions s ON s.id = c.live_session_id '
+                'WHERE c.public_id = ?', (public_id,)).fetchone()
+            if channel is None:
+                return None, 'no such channel'
+            if not hmac.compare_digest(key.encode(), channel['stream_key'].encode()):
+                return None, 'wrong stream key'
+            if not channel['enabled']:
+                return None, 'channel is disabled'
+            live_channels = channel['live_channels']
+            if channel['live_session_id'] is not None:
+                if channel['ingest_client'] != ingest_client and \
+                        channel['last_seen_at'] >= stale_cutoff:
+                    return None, 'channel is already live from another connection'
+                self._end_session(db, channel['live_session_id'], 'stale', channel['last_seen_at'])
+                live_channels -= 1
+            limit = channel['max_live_channels']
+            if limit is not None and live_channels >= limit:
+                return None, 'user is at maxLiveChannels (%d)' % limit
+            session_id = db.execute(
+                'INSERT INTO sessions (public_id, channel_id, ingest_client, addr, started_at, '
+                'last_seen_at) VALUES (?, ?, ?, ?, ?, ?)',
+                (new_public_id(), channel['id'], ingest_client, addr, now, now)).lastrowid
+            db.execute('UPDATE channels SET live_session_id = ? WHERE id = ?',
+                       (session_id, channel['id']))
+        return session_id, None
+
+    def record_sample(self, session_id, now, metrics):
+        """Refresh an open session's last-seen time and, if measured, its metrics."""
+        with self.transaction() as db:
+            if metrics is None:
+                db.execute('UPDATE sessions SET last_seen_at = ? WHERE id = ?', (now, session_id))
+                return
+            db.execute(
+                'UPDATE sessions SET last_seen_at = ?, bytes_in = max(bytes_in, ?), '
+                'bitrate_kbps = ?, peak_bitrate_kbps = max(coalesce(peak_bitrate_kbps, 0), ?), '
+                'viewers = ?, peak_viewers = max(peak_viewers, ?), '
+                'video = coalesce(?, video), audio = coalesce(?, audio) WHERE id = ?',
+                (now, metrics['bytesIn'], metrics['bitrateKbps'], metrics['bitrateKbps'],
+                 metrics['viewers'], metrics['viewers'],
+                 json.dumps(metrics['video']) if metrics['video'] else None,
+                 json.dumps(metrics['audio']) if metrics['audio'] else None, session_id))
+            db.execute('INSERT INTO session_samples (session_id, at, bitrate_kbps, bytes_in, '
+                       'viewers) VALUES (?, ?, ?, ?, ?)',
+                       (session_id, now, metrics['bitrateKbps'], metrics['bytesIn'],
+                        metrics['viewers']))
+
+    def add_viewer(self, public_id, delta):
+        with self.transaction() as db:
+            db.execute('UPDATE sessions SET viewers = max(0, viewers + ?), '
+                       'peak_viewers = max(peak_viewers, viewers + ?) '
+                       'WHERE id = (SELECT live_session_id FROM channels WHERE public_id = ?)',
+                       (delta, delta, public_id))
+
+    def list_sessions(self, channel_pk, after, limit):
+        rows = self.db.execute('SELECT s.*, c.public_id AS channel_public_id FROM sessions s '
+                               'JOIN channels c ON c.id = s.channel_id WHERE s.channel_id = ? '
+                               'AND s.id < ? ORDER BY s.id DESC LIMIT ?',
+                               (channel_pk, after, limit + 1)).fetchall()
+        total = self.db.execute('SELECT sessions FROM channels WHERE id = ?',
+                                (channel_pk,)).fetchone()[0]
+        return rows, total
+
+    # Statistics --------------------------------------------------------------
+
+    def totals(self, client_pk):
+        """Counters of one client, or summed over all clients for None, plus the
+        running figures of its live sessions."""
+        where, args = ('WHERE id = ?', (client_pk,)) if client_pk else ('', ())
+        totals = self.db.execute(
+            'SELECT coalesce(sum(users), 0) AS users, coalesce(sum(channels), 0) AS channels, '
+            'coalesce(sum(live_channels), 0) AS live_channels, '
+            'coalesce(sum(sessions), 0) AS sessions, coalesce(sum(live_seconds), 0) AS live_seconds, '
+            'coalesce(sum(bytes_in), 0) AS bytes_in FROM clients ' + where, args).fetchone()
+        where = 'AND c.client_id = ?' if client_pk else ''
+        live = self.db.execute(
+            'SELECT coalesce(sum(s.bitrate_kbps), 0) AS bitrate_kbps, '
+            'coalesce(sum(? - s.started_at), 0) AS seconds FROM channels c '
+            'JOIN sessions s ON s.id = c.live_session_id WHERE c.live_session_id IS NOT NULL '
+            + where, (time.time(),) + args).fetchone()
+        return totals, live
+
+
+def _split_sql(script):
+    """Statements of a script, keeping trigger bodies (which contain ';') whole."""
+    statements, current = [], ''
+    for line in script.splitlines(keepends=True):
+        if line.lstrip().startswith('--') and not current:
+            continue
+        current += line
+        if sqlite3.complete_statement(current):
+            statements.append(current.strip())
+            current = ''
+    if current.strip():
+        statements.append(current.strip())
+    return statements
+
+
+def new_public_id():
+    """An unguessable id that is also a safe RTMP stream name and file name."""
+    return base64.b32encode(secrets.token_bytes(10)).decode('ascii').lower()
+
+
+def new_stream_key():
+    return secrets.token_hex(20)
+
+
+def new_token():
+    """A token id and its 256-bit secret."""
+    return secrets.token_hex(8), secrets.token_urlsafe(32)
+
+
+def hash_secret(secret):
+    return hashlib.sha256(secret.encode('utf-8')).digest()
+
+
+###############################################################################
+# Envelope and errors ##########################################################
+###############################################################################
+
+#: ec values, one per kind of failure (documented in the README).
+EC_OK, EC_BAD_REQUEST, EC_VALIDATION, EC_UNAUTHORIZED, EC_FORBIDDEN, EC_LIMIT, \
+    EC_NOT_FOUND, EC_METHOD, EC_TOO_LARGE, EC_THROTTLED, EC_CONFLICT = range(11)
+EC_INTERNAL = 99
+
+#: The ec for an error status raised by bottle itself rather than by us.
+EC_BY_STATUS = {400: EC_BAD_REQUEST, 401: EC_UNAUTHORIZED, 403: EC_FORBIDDEN,
+                404: EC_NOT_FOUND, 405: EC_METHOD, 413: EC_TOO_LARGE, 422: EC_VALIDATION,
+                429: EC_THROTTLED, 409: EC_CONFLICT}
+
+
+class ApiError(bottle.HTTPError):
+    """Every failure the API answers: raised anywhere, rendered by error_body()."""
+
+    def __init__(self, status, ec, msg, data=None, **headers):
+        super().__init__(status, msg, **headers)
+        self.ec, self.msg, self.data = ec, msg, data
+
+
+def not_found(what):
+    return ApiError(404, EC_NOT_FOUND, '%s not found' % what)
+
+
+def bad_request(msg):
+    return ApiError(400, EC_BAD_REQUEST, msg)
+
+
+def invalid(fields):
+    """422 naming each bad field: {"field": "why"}."""
+    return ApiError(422, EC_VALIDATION, 'invalid fields: %s' % ', '.join(sorted(fields)),
+                    {'fields': fields})
+
+
+def envelope(data, status=200):
+    """The success answer: {"ec": 0, "data": ...} as JSON with `status`."""
+    bottle.response.status = status
+    bottle.response.content_type = 'application/json'
+    return json.dumps({'ec': EC_OK, 'data': data}, separators=(',', ':'))
+
+
+def error_body(error):
+    """Render any HTTPError (ours or bottle's own) as an envelope."""
+    response = bottle.response
+    response.content_type = 'application/json'
+    if isinstance(error, ApiError):
+        ec, msg, data = error.ec, error.msg, error.data
+    elif error.status_code >= 500:
+        if error.exception is not None:
+            log.error('unhandled error on %s %s\n%s', bottle.request.method,
+                      bottle.request.path, error.traceback)
+        ec, msg, data = EC_INTERNAL, 'internal error; it was logged on the server', None
+    elif error.status_code == 405:
+        ec, data = EC_METHOD, {'allowed': response.headers.get('Allow', '').split(',')}
+        msg = 'method %s is not allowed here; use %s' % (
+            bottle.request.method, response.headers.get('Allow', ''))
+    elif error.status_code == 404:
+        ec, msg, data = EC_NOT_FOUND, 'no such endpoint: %s' % bottle.request.path, None
+    else:
+        ec = EC_BY_STATUS.get(error.status_code, EC_BAD_REQUEST)
+        msg, data = str(error.body or error.status_line), None
+    body = {'ec': ec, 'msg': msg, 'data': data}
+    return json.dumps(body, separators=(',', ':'))
+
+
+###############################################################################
+# Authentication ###############################################################
+###############################################################################
+
+class Throttle:
+    """Failed logins per source address; an address with too many recent
+    failures is put on hold. Bounded: the oldest addresses are forgotten first."""
+
+    def __init__(self, failures, seconds, capacity=10000):
+        self.failures, self.seconds, self.capacity = failures, seconds, capacity
+        self._addresses = OrderedDict()  # addr -> [failure times] or hold-until float
+        self._lock = threading.Lock()
+
+    def held_for(self, addr, now):
+        """Seconds left on this address's hold, or 0."""
+        with self._lock:
+            entry = self._addresses.get(addr)
+            if isinstance(entry, float):
+                if entry > now:
+                    return entry - now
+                del self._addresses[addr]
+        return 0
+
+    def failed(self, addr, now):
+        with self._lock:
+            entry = self._addresses.pop(addr, None)
+            recent = [t for t in entry or () if t > now - self.seconds] \
+                if not isinstance(entry, float) else []
+            recent.append(now)
+            self._addresses[addr] = (now + self.seconds if len(recent) >= self.failures
+                                     else recent)
+            while len(self._addresses) > self.capacity:
+                self._addresses.popitem(last=False)
+
+    def __len__(self):
+        return len(self._addresses)
+
+
+def _basic_credentials(header):
+    """(token id, secret) from a Basic Authorization header, or None."""
+    scheme, _, encoded = header.partition(' ')
+    if scheme.lower() != 'basic':
+        return None
+    try:
+        decoded = base64.b64decode(encoded.strip(), validate=True).decode('utf-8')
+    except (binascii.Error, ValueError):
+        return None
+    token_id, colon, secret = decoded.partition(':')
+    return (token_id, secret) if colon and token_id else None
+
+
+#: A hash compared when the token id is unknown, so both failures cost the same.
+_NO_SUCH_SECRET = hash_secret(secrets.token_hex(32))
+
+#: Paths that need no API token (the hooks carry their own secret).
+PUBLIC_PATHS = re.compile(r'^/v1/(health|openapi\.json|hooks/.*)$')
+
+
+def authenticate(app):
+    """The before-request hook: who is calling. It runs before routing, so an
+    unauthenticated caller learns nothing, not even which methods a path allows."""
+    request = bottle.request
+    if PUBLIC_PATHS.match(request.path):
+        return
+    store, throttle = app.livestream.store, app.livestream.throttle
+    header = request.environ.get('HTTP_AUTHORIZATION')
+    addr = request.environ.get('REMOTE_ADDR') or '-'
+    now = time.monotonic()
+    if header is not None:
+        wait = throttle.held_for(addr, now)
+        if wait:
+            raise ApiError(429, EC_THROTTLED, 'too many failed logins from this address; '
+                           'retry in %d s' % (wait + 1), {'retryAfter': int(wait) + 1},
+                           Retry_After=str(int(wait) + 1))
+    credentials = header is not None and _basic_credentials(header)
+    client = credentials and store.client_by_token(credentials[0])
+    expected = client['secret_hash'] if client else _NO_SUCH_SECRET
+    secret_ok = hmac.compare_digest(hash_secret(credentials[1] if credentials else ''), expected)
+    if not (client and secret_ok):
+        if header is not None:
+            throttle.failed(addr, now)
+        raise ApiError(401, EC_UNAUTHORIZED,
+                       'authentication failed: send HTTP Basic credentials '
+                       '(token id and secret)' if header else 'authentication required: send '
+                       'HTTP Basic credentials (token id and secret)',
+                       WWW_Authenticate='Basic realm="livestream"')
+    request.environ['livestream.client'] = client
+    request.environ['livestream.token_id'] = client['token_id']
+    if request.path.startswith('/v1/clients') and client['role'] != 'admin':
+        raise ApiError(403, EC_FORBIDDEN, 'this endpoint needs an admin token')
+
+
+def caller():
+    """The authenticated client of this request."""
+    return bottle.request.environ['livestream.client']
+
+
+def is_admin(client):
+    return client['role'] == 'admin'
+
+
+###############################################################################
+# Validation ###################################################################
+###############################################################################
+
+USER_ID = re.compile(r'^[A-Za-z0-9_.-]{1,64}$')
+PUBLIC_ID = re.compile(r'^[a-z2-7]{16}$')
+CONTROL_CHARS = re.compile(r'[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]')
+
+
+def _reject_constant(name):
+    raise ValueError('%s is not valid JSON' % name)
+
+
+def read_json(max_bytes):
+    """The request body as a JSON object, or a 400/413 that says what is wrong."""
+    request = bottle.request
+    length = request.content_length
+    if length > max_bytes:
+        raise ApiError(413, EC_TOO_LARGE, 'request body is over %d bytes' % max_bytes,
+                       {'maxBytes': max_bytes})
+    raw = request.environ['wsgi.input'].read(length if length >= 0 else max_bytes + 1)
+    if len(raw) > max_bytes:
+        raise ApiError(413, EC_TOO_LARGE, 'request body is over %d bytes' % max_bytes,
+                       {'maxBytes': max_bytes})
+    if not raw.strip():
+        raise bad_request('request body is empty; send a JSON object')
+    content_type = request.content_type.split(';')[0].strip().lower()
+    if content_type != 'application/json':
+        raise bad_request('Content-Type must be application/json, not %r' % (content_type or ''))
+    try:
+        body = json.loads(raw.decode('utf-8'), parse_constant=_reject_constant)
+    except UnicodeDecodeError:
+        raise bad_request('request body is not valid UTF-8')
+    except RecursionError:
+        raise bad_request('request body is nested too deeply')
+    except ValueError as error:
+        raise bad_request('request body is not valid JSON: %s' % error)
+    if not isinstance(body, dict):
+        raise bad_request('request body must be a JSON object, not %s' % type(body).__name__)
+    return body
+
+
+def check_text(value, longest, shortest=0, strip=False):
+    """A string of bounded length with no control characters; the reason otherwise."""
+    if not isinstance(value, str):
+        return None, 'must be a string'
+    if strip:
+        value = value.strip()
+    if not shortest <= len(value) <= longest:
+        return None, 'must be %d to %d characters' % (shortest, longest)
+    if CONTROL_CHARS.search(value if not strip else value.replace('\t', ' ')):
+        return None, 'must not contain control characters'
+    return value, None
+
+
+def check_channel_field(name, value):
+    """(clean value, None) or (None, why) for one channel field."""
+    if name == 'name':
+        return check_text(value, 200, 1, strip=True)
+    if name == 'description':
+        return check_text(value, 2000)
+    if name == 'enabled':
+        return (value, None) if isinstance(value, bool) else (None, 'must be true or false')
+    if name == 'metadata':
+        if not isinstance(value, dict):
+            return None, 'must be a JSON object'
+        if len(json.dumps(value, separators=(',', ':')).encode('utf-8')) > 4096:
+            return None, 'must be at most 4096 bytes as JSON'
+        return value, None
+    if name == 'userId':
+        return (value, None) if isinstance(value, str) and USER_ID.match(value) else (
+            None, 'must be 1-64 characters of A-Z a-z 0-9 _ . -')
+    return None, 'unknown field'
+
+
+def check_fields(body, allowed, required=()):
+    """Validate a body against `allowed` field names; 422 naming every bad one."""
+    clean, errors = {}, {}
+    for name in required:
+        if name not in body:
+            errors[name] = 'is required'
+    for name, value in body.items():
+        if name not in allowed:
+            errors[name] = 'unknown field'
+            continue
+        clean[name], why = check_channel_field(name, value)
+        if why:
+            errors[name] = why
+    if errors:
+        raise invalid(errors)
+    return clean
+
+
+#: API limit names and the store's columns for them.
+LIMIT_COLUMNS = {'maxChannels': 'max_channels', 'maxLiveChannels': 'max_live_channels',
+                 'maxBitrateKbps': 'max_bitrate_kbps', 'maxSessionSeconds': 'max_session_seconds'}
+
+
+def check_limits(body):
+    """{"limits": {...}} -> {column: value}; 422 naming every bad limit."""
+    errors = {name: 'unknown field' for name in body if name != 'limits'}
+    limits = body.get('limits', {})
+    if not isinstance(limits, dict):
+        raise invalid({'limits': 'must be a JSON object'})
+    clean = {}
+    for name, value in limits.items():
+        if name not in LIMIT_COLUMNS:
+            errors['limits.' + name] = 'unknown limit'
+        elif value is not None and (type(value) is not int or not 0 <= value <= MAX_LIMIT):
+            errors['limits.' + name] = 'must be null (unlimited) or an integer 0-%d' % MAX_LIMIT
+        else:
+            clean[LIMIT_COLUMNS[name]] = value
+    if errors:
+        raise invalid(errors)
+    return clean
+
+
+def query(allowed):
+    """The query parameters, refusing any not in `allowed` or given twice."""
+    params = bottle.request.query
+    for name in params:
+        if name not in allowed:
+            raise bad_request('unknown query parameter %r; allowed: %s'
+                              % (name, ', '.join(sorted(allowed)) or 'none'))
+        if len(params.getall(name)) > 1:
+            raise bad_request('query parameter %r given more than once' % name)
+    return params
+
+
+def page_params(extra=()):
+    """(query, after, limit) for a list: `limit` 1-100, an opaque `cursor`."""
+    params = query({'limit', 'cursor'} | set(extra))
+    limit = params.get('limit', '20')
+    if not re.match(r'^[0-9]{1,3}$', limit) or not 1 <= int(limit) <= 100:
+        raise bad_request('limit must be an integer from 1 to 100')
+    after = 2 ** 63 - 1
+    if 'cursor' in params:
+        try:
+            after = int(json.loads(base64.urlsafe_b64decode(params['cursor'] + '==').decode())['a'])
+        except (ValueError, TypeError, KeyError, binascii.Error, UnicodeDecodeError):
+            raise bad_request('cursor is not one this API returned; start again without it')
+        if not 0 < after < 2 ** 63:
+            raise bad_request('cursor is not one this API returned; start again without it')
+    return params, after, int(limit)
+
+
+def page(rows, total, limit, render):
+    """A list answer: {items, total, nextCursor} from up to limit + 1 rows."""
+    more = len(rows) > limit
+    rows = rows[:limit]
+    cursor = None
+    if more:
+        cursor = base64.urlsafe_b64encode(json.dumps({'a': rows[-1]['id']}).encode()) \
+            .decode().rstrip('=')
+    return {'items': [render(row) for row in rows], 'total': total, 'nextCursor': cursor}
+
+
+def force_param(params):
+    value = params.get('force', 'false')
+    if value not in ('true', 'false'):
+        raise bad_request('force must be true or false')
+    return value == 'true'
+
+
+###############################################################################
+# Presentation: rows to API objects ############################################
+###############################################################################
+
+def iso(timestamp):
+    """ISO 8601 UTC with a Z, or None."""
+    if timestamp is None:
+        return None
+    return time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime(timestamp))
+
+
+def client_json(row):
+    return {'id': row['public_id'], 'name': row['name'], 'role': row['role'],
+            'tokenId': row['token_id'], 'fromEnvironment': bool(row['from_env']),
+            'createdAt': iso(row['created_at'])}
+
+
+def user_json(row, admin):
+    user = {'userId': row['user_id'],
+            'limits': {name: row[column] for name, column in LIMIT_COLUMNS.items()},
+            'usage': {'channels': row['channels'], 'liveChannels': row['live_channels']},
+            'createdAt': iso(row['created_at']), 'updatedAt': iso(row['updated_at'])}
+    if admin:
+        user['clientId'] = row['client_public_id']
+    return user
+
+
+def channel_status(row):
+    if not row['enabled']:
+        return 'disabled'
+    return 'live' if row['live_session_id'] is not None else 'idle'
+
+
+def channel_json(row, ingest, admin):
+    channel = {
+        'id': row['public_id'], 'userId': row['user_id'], 'name': row['name'],
+        'description': row['description'], 'metadata': json.loads(row['metadata']),
+        'enabled': bool(row['enabled']), 'status': channel_status(row),
+        'streamUrl': ingest['rtmp_url'],
+        'streamId': '%s?key=%s' % (row['public_id'], row['stream_key']),
+        'playback': {'hls': '%s/%s.m3u8' % (ingest['hls_url'], row['public_id']),
+                     'rtmp': '%s/%s' % (ingest['rtmp_url'], row['public_id'])},
+        'liveSince': iso(row['live_since']),
+        'createdAt': iso(row['created_at']), 'updatedAt': iso(row['updated_at'])}
+    if admin:
+        channel['clientId'] = row['client_public_id']
+    return channel
+
+
+def session_json(row, now):
+    end = row['ended_at'] if row['ended_at'] is not None else now
+    duration = max(0.0, end - row['started_at'])
+    return {
+        'id': row['public_id'], 'channelId': row['channel_public_id'],
+        'startedAt': iso(row['started_at']), 'endedAt': iso(row['ended_at']),
+        'durationSeconds': round(duration), 'bytesIn': row['bytes_in'],
+        'avgBitrateKbps': round(row['bytes_in'] * 8 / 1000 / duration, 1) if duration else 0,
+        'peakBitrateKbps': row['peak_bitrate_kbps'], 'peakViewers': row['peak_viewers'],
+        'video': json.loads(row['video']) if row['video'] else None,
+        'audio': json.loads(row['audio']) if row['audio'] else None,
+        'endReason': row['end_reason']}
+
+
+###############################################################################
+# Ingest statistics: nginx-rtmp's /stat XML ####################################
+###############################################################################
+
+def _number(element, path, kind=int):
+    text = element.findtext(path)
+    try:
+        return kind(text) if text not in (None, '') else None
+    except ValueError:
+        return None
+
+
+def parse_rtmp_stat(xml_bytes):
+    """{stream name: metrics} from `rtmp_stat all` XML."""
+    streams = {}
+    for stream in ElementTree.fromstring(xml_bytes).iter('stream'):
+        name = stream.findtext('name')
+        if not name:
+            continue
+        video = stream.find('meta/video')
+        audio = stream.find('meta/audio')
+        clients = stream.findall('client')
+        streams[name] = {
+            'bytesIn': _number(stream, 'bytes_in') or 0,
+            'bitrateKbps': round((_number(stream, 'bw_in') or 0) / 1000, 1),
+            'viewers': sum(1 for client in clients if client.find('publishing') is None),
+            'video': video is not None and {
+                'codec': video.findtext('codec'), 'width': _number(video, 'width'),
+                'height': _number(video, 'height'),
+                'fps': _number(video, 'frame_rate', float)} or None,
+            'audio': audio is not None and {
+                'codec': audio.findtext('codec'), 'sampleRate': _number(audio, 'sample_rate'),
+                'channels': _number(audio, 'channels')} or None,
+        }
+    return streams
+
+
+class IngestStats:
+    """The ingest's statistics, fetched at most once per `max_age` seconds with a
+    short timeout, so a slow or dead stat URL never holds a hook for long."""
+
+    def __init__(self, url, timeout=0.5, max_age=1.0, clock=time.monotonic):
+        self.url, self.timeout, self.max_age, self.clock = url, timeout, max_age, clock
+        self._lock = threading.Lock()
+        self._snapshot = None
+
+    def snapshot(self):
+        """{url, reachable, streams: {name: metrics}}; reachable False on any failure."""
+        if not self.url:
+            return {'url': None, 'reachable': False, 'streams': {}}
+        snapshot = self._snapshot
+        if snapshot and self.clock() - snapshot['at'] < self.max_age:
+            return snapshot
+        with self._lock:
+            snapshot = self._snapshot
+            if snapshot and self.clock() - snapshot['at'] < self.max_age:
+                return snapshot
+            try:
+                with urllib.request.urlopen(self.url, timeout=self.timeout) as answer:
+                    streams, reachable = parse_rtmp_stat(answer.read(8 * 1024 * 1024)), True
+            except (OSError, ValueError, ElementTree.ParseError) as error:
+                log.warning('ingest statistics unavailable from %s: %s', self.url, error)
+                streams, reachable = {}, False
+            self._snapshot = {'url': self.url, 'reachable': reachable, 'streams': streams,
+                              'at': self.clock()}
+            return self._snapshot
+
+
+###############################################################################
+# The application ##############################################################
+###############################################################################
+
+class Service:
+    """What every route shares: configuration, store, clock and helpers."""
+
+    def __init__(self, config, clock):
+        self.config, self.clock = config, clock
+        self.store = Store(config['database']['path'])
+        self.throttle = Throttle(config['auth']['throttle_failures'],
+                                 config['auth']['throttle_seconds'])
+        self.ingest = IngestStats(config['ingest']['stat_url'])
+        self.started = time.monotonic()
+        self.hook_secret = None
+
+    @property
+    def default_limits(self):
+        return {LIMIT_COLUMNS[name]: self.config['limits'][LIMIT_COLUMNS[name]]
+                for name in LIMIT_COLUMNS}
+
+    @property
+    def stale_after(self):
+        """Seconds without a hook call after which a live session is over."""
+        return 3 * self.config['ingest']['update_interval']
+
+    def end_stale_sessions(self):
+        """End sessions whose ingest went quiet, so no read shows a dead stream live."""
+        cutoff = self.clock() - self.stale_after
+        if self.store.has_stale_sessions(cutoff):
+            self.store.end_stale_sessions(cutoff)
+
+
+def service():
+    return bottle.request.app.livestream
+
+
+def max_body():
+    return service().config['server']['max_body_bytes']
+
+
+# Clients ######################################################################
+
+def create_client():
+    """POST /v1/clients: a new API client; its secret is shown this once."""
+    query(())
+    body = read_json(max_body())
+    errors = {name: 'unknown field' for name in body if name not in ('name', 'role')}
+    name, why = check_text(body.get('name'), 200, 1, strip=True)
+    if why:
+        errors['name'] = why
+    role = body.get('role', 'app')
+    if role not in ('app', 'admin'):
+        errors['role'] = 'must be "app" or "admin"'
+    if errors:
+        raise invalid(errors)
+    svc = service()
+    token_id, secret = new_token()
+    client = svc.store.create_client(name, role, token_id, hash_secret(secret), svc.clock())
+    return envelope(dict(client_json(client), tokenSecret=secret), 201)
+
+
+def list_clients():
+    """GET /v1/clients: every client, newest first, without secrets."""
+    _, after, limit = page_params()
+    rows, total = service().store.list_clients(after, limit)
+    return envelope(page(rows, total, limit, client_json))
+
+
+def _changeable_client(token_id, verb):
+    client = service().store.client_by_token(token_id)
+    if client is None:
+        raise not_found('client')
+    if client['from_env']:
+        raise ApiError(409, EC_CONFLICT, 'this client is defined by LIVE_TOKEN_ID / '
+                       'LIVE_TOKEN_SECRET; %s it there and restart' % verb)
+    return client
+
+
+def rotate_client(token_id):
+    """POST /v1/clients/{tokenId}/rotate: a new secret; the old one stops working."""
+    query(())
+    client = _changeable_client(token_id, 'change')
+    secret = new_token()[1]
+    service().store.set_client_secret(client['id'], hash_secret(secret))
+    return envelope(dict(client_json(client), tokenSecret=secret))
+
+
+def delete_client(token_id):
+    """DELETE /v1/clients/{tokenId}: refused while it owns users, unless ?force=true."""
+    force = force_param(query({'force'}))
+    client = _changeable_client(token_id, 'remove')
+    if client['users'] and not force:
+        raise ApiError(409, EC_CONFLICT, 'client still owns %d users; delete them first or '
+                       'pass ?force=true' % client['users'], {'users': client['users']})
+    svc = service()
+    svc.store.delete_client(client['id'], svc.clock())
+    return envelope(None, 204)
+
+
+# Users ########################################################################
+
+def owner(params, for_list=False):
+    """The client pk whose users and channels this request means: the caller's
+    own, or for an admin the one named by ?clientId (every client's in a list)."""
+    client = caller()
+    public_id = params.get('clientId')
+    if public_id is None:
+        return None if for_list and is_admin(client) else client['id']
+    if is_admin(client):
+        named = service().store.client_by_public_id(public_id)
+        if named is None:
+            raise not_found('client')
+        return named['id']
+    if public_id != client['public_id']:
+        raise not_found('client')
+    return client['id']
+
+
+def _existing_user(user_id, params):
+    user = USER_ID.match(user_id) and service().store.user(owner(params), user_id)
+    if not user:
+        raise not_found('user')
+    return user
+
+
+def put_user(user_id):
+    """PUT /v1/users/{userId}: create or replace a user's limits."""
+    params = query({'clientId'})
+    client_pk = owner(params)
+    body = read_json(max_body())
+    if not USER_ID.match(user_id):
+        raise invalid({'userId': 'must be 1-64 characters of A-Z a-z 0-9 _ . -'})
+    limits = check_limits(body)
+    svc = service()
+    svc.end_stale_sessions()
+    user, created = svc.store.put_user(client_pk, user_id, limits, svc.default_limits,
+                                       svc.clock(), replace=True)
+    return envelope(user_json(user, is_admin(caller())), 201 if created else 200)
+
+
+def patch_user(user_id):
+    """PATCH /v1/users/{userId}: change only the limits named."""
+    params = query({'clientId'})
+    user = _existing_user(user_id, params)
+    limits = check_limits(read_json(max_body()))
+    svc = service()
+    svc.end_stale_sessions()
+    user, _ = svc.store.put_user(user['client_id'], user_id, limits, svc.default_limits,
+                                 svc.clock(), replace=False)
+    return envelope(user_json(user, is_admin(caller())))
+
+
+def get_user(user_id):
+    """GET /v1/users/{userId}."""
+    params = query({'clientId'})
+    service().end_stale_sessions()
+    return envelope(user_json(_existing_user(user_id, params), is_admin(caller())))
+
+
+def list_users():
+    """GET /v1/users: newest first."""
+    params, after, limit = page_params({'clientId'})
+    svc = service()
+    svc.end_stale_sessions()
+    rows, total = svc.store.list_users(owner(params, for_list=True), after, limit)
+    admin = is_admin(caller())
+    return envelope(page(rows, total, limit, lambda row: user_json(row, admin)))
+
+
+def delete_user(user_id):
+    """DELETE /v1/users/{userId}: refused while it has channels, unless ?force=true."""
+    params = query({'clientId', 'force'})
+    user = _existing_user(user_id, params)
+    if user['channels'] and not force_param(params):
+        raise ApiError(409, EC_CONFLICT, 'user still has %d channels; delete them first or '
+                       'pass ?force=true' % user['channels'], {'channels': user['channels']})
+    svc = service()
+    svc.store.delete_user(user['id'], svc.clock())
+    return envelope(None, 204)
+
+
+# Channels #####################################################################
+
+def _channel(channel_id):
+    """The channel if the caller may see it; 404 otherwise, whoever owns it."""
+    client = caller()
+    svc = service()
+    svc.end_stale_sessions()
+    channel = PUBLIC_ID.match(channel_id) and svc.store.channel(
+        None if is_admin(client) else client['id'], channel_id)
+    if not channel:
+        raise not_found('channel')
+    return channel
+
+
+def _render_channel(row):
+    return channel_json(row, service().config['ingest'], is_admin(caller()))
+
+
+def create_channel():
+    """POST /v1/channels: a new channel for a user (created with default limits if new)."""
+    params = query({'clientId'})
+    client_pk = owner(params)
+    fields = check_fields(read_json(max_body()), ('userId', 'name', 'description', 'metadata'),
+                          required=('userId', 'name'))
+    svc = service()
+    channel, limit = svc.store.create_channel(client_pk, fields.pop('userId'), fields,
+                                              svc.default_limits, svc.clock())
+    if limit:
+        raise ApiError(403, EC_LIMIT, 'user is at its %s limit (%d)' % limit,
+                       {'limit': limit[0], 'value': limit[1]})
+    return envelope(_render_channel(channel), 201)
+
+
+def list_channels():
+    """GET /v1/channels: newest first, filtered by userId, status and q."""
+    params, after, limit = page_params({'userId', 'status', 'q', 'clientId'})
+    status = params.get('status')
+    if status not in (None, 'idle', 'live', 'disabled'):
+        raise bad_request('status must be idle, live or disabled')
+    q = params.getunicode('q')
+    if q is not None and len(q) > 200:
+        raise bad_request('q must be at most 200 characters')
+    user_id = params.getunicode('userId')
+    svc = service()
+    svc.end_stale_sessions()
+    rows, total = svc.store.list_channels(owner(params, for_list=True), user_id, status, q,
+                                          after, limit)
+    return envelope(page(rows, total, limit, _render_channel))
+
+
+def get_channel(channel_id):
+    """GET /v1/channels/{id}."""
+    query(())
+    return envelope(_render_channel(_channel(channel_id)))
+
+
+def _update_channel(channel_id, replace):
+    query(())
+    channel = _channel(channel_id)
+    allowed = ('name', 'description', 'metadata', 'enabled')
+    fields = check_fields(read_json(max_body()), allowed, required=('name',) if replace else ())
+    if replace:
+        fields = dict({'description': '', 'metadata': {}, 'enabled': True}, **fields)
+    svc = service()
+    if fields:
+        svc.store.update_channel(channel['id'], fields, svc.clock())
+    return envelope(_render_channel(_channel(channel_id)))
+
+
+def put_channel(channel_id):
+    """PUT /v1/channels/{id}: replace name, description, metadata and enabled."""
+    return _update_channel(channel_id, replace=True)
+
+
+def patch_channel(channel_id):
+    """PATCH /v1/channels/{id}: change only the fields given."""
+    return _update_channel(channel_id, replace=False)
+
+
+def delete_channel(channel_id):
+    """DELETE /v1/channels/{id}: a live stream on it is ended."""
+    query(())
+    channel = _channel(channel_id)
+    svc = service()
+    svc.store.delete_channel(channel['id'], svc.clock())
+    return envelope(None, 204)
+
+
+def rotate_key(channel_id):
+    """POST /v1/channels/{id}/rotate-key: a new streamId; the old key stops working."""
+    query(())
+    channel = _channel(channel_id)
+    svc = service()
+    svc.store.update_channel(channel['id'], {}, svc.clock(), new_key=True)
+    return envelope(_render_channel(_channel(channel_id)))
+
+
+def channel_stats(channel_id):
+    """GET /v1/channels/{id}/stats: live figures and totals over every session."""
+    query(())
+    channel = _channel(channel_id)
+    svc = service()
+    now = svc.clock()
+    current = None
+    totals = {'sessions': channel['sessions'], 'liveSeconds': round(channel['live_seconds']),
+              'bytesIn': channel['bytes_in']}
+    if channel['live_session_id'] is not None:
+        session = svc.store.session(channel['live_session_id'])
+        duration = max(0.0, now - session['started_at'])
+        current = {'sessionId': session['public_id'], 'startedAt': iso(session['started_at']),
+                   'durationSeconds': round(duration), 'bitrateKbps': session['bitrate_kbps'],
+                   'bytesIn': session['bytes_in'], 'viewers': session['viewers'],
+                   'video': json.loads(session['video']) if session['video'] else None,
+                   'audio': json.loads(session['audio']) if session['audio'] else None}
+        totals['liveSeconds'] = round(channel['live_seconds'] + duration)
+        totals['bytesIn'] += session['bytes_in']
+    return envelope({'status': channel_status(channel), 'current': current, 'totals': totals})
+
+
+def list_sessions(channel_id):
+    """GET /v1/channels/{id}/sessions: its broadcasts, newest first."""
+    _, after, limit = page_params()
+    channel = _channel(channel_id)
+    svc = service()
+    rows, total = svc.store.list_sessions(channel['id'], after, limit)
+    now = svc.clock()
+    return envelope(page(rows, total, limit, lambda row: session_json(row, now)))
+
+
+# Statistics and health ########################################################
+
+def system_stats():
+    """GET /v1/stats: the caller's totals; for an admin, every client's and the system's."""
+    query(())
+    client = caller()
+    svc = service()
+    svc.end_stale_sessions()
+    admin = is_admin(client)
+    totals, live = svc.store.totals(None if admin else client['id'])
+    stats = {'users': totals['users'], 'channels': totals['channels'],
+             'liveChannels': totals['live_channels'],
+             'bitrateKbpsIn': round(live['bitrate_kbps'], 1), 'sessions': totals['sessions'],
+             'liveSeconds': round(totals['live_seconds'] + live['seconds']),
+             'bytesIn': totals['bytes_in']}
+    if admin:
+        ingest = svc.ingest.snapshot()
+        stats['system'] = {
+            'version': __version__, 'uptimeSeconds': round(time.monotonic() - svc.started),
+            'dbBytes': svc.store.size_bytes(),
+            'ingest': [{'url': ingest['url'], 'reachable': ingest['reachable'],
+                        'streams': len(ingest['streams']),
+                        'bitrateKbpsIn': round(sum(stream['bitrateKbps'] for stream
+                                                   in ingest['streams'].values()), 1)}]}
+    return envelope(stats)
+
+
+def health():
+    """GET /v1/health: 200 while the database answers, 503 when it does not."""
+    try:
+        service().store.check()
+    except sqlite3.Error as error:
+        log.error('health check: database unavailable: %s', error)
+        raise ApiError(503, EC_INTERNAL, 'database unavailable',
+                       {'status': 'unavailable', 'version': __version__, 'db': 'error'})
+    return envelope({'status': 'ok', 'version': __version__, 'db': 'ok'})
+
+
+###############################################################################
+# Ingest hooks #################################################################
+###############################################################################
+
+#: Why a session ended that must also stop its encoder from resuming it.
+ENFORCED_ENDS = ('channel_disabled', 'key_rotated', 'channel_deleted',
+                 'max_session_seconds', 'max_bitrate')
+
+
+class HookDenied(Exception):
+    """The ingest must refuse (or drop) this stream; the message says why."""
+
+
+def _check_hook_secret(svc):
+    given = bottle.request.query.get('secret', '')
+    if not hmac.compare_digest(given.encode('latin-1', 'replace'), svc.hook_secret.encode()):
+        log.warning('hook refused: missing or wrong hook secret from %s',
+                    bottle.request.environ.get('REMOTE_ADDR'))
+        raise ApiError(403, EC_FORBIDDEN, 'missing or wrong hook secret')
+
+
+def ingest_publish(svc, name, key, connection, addr):
+    """A publisher asks to go live on channel `name` with `key`."""
+    now = svc.clock()
+    session_id, why = svc.store.start_session(name, key, connection, addr, now,
+                                              now - svc.stale_after)
+    if why:
+        raise HookDenied(why)
+    log.info('channel %s is live (session %d, from %s)', name, session_id, addr)
+    return {'allowed': True}
+
+
+def ingest_update(svc, name, key, connection, addr):
+    """The ingest's periodic word on a live stream: refresh its figures, or deny
+    (which drops the encoder) once the stream may no longer be on air."""
+    now = svc.clock()
+    channel = svc.store.ingest_channel(name)
+    if channel is None:
+        raise HookDenied('channel was deleted')
+    session = channel['live_session_id'] and svc.store.session(channel['live_session_id'])
+    if not session or session['ingest_client'] != connection:
+        last = svc.store.last_session_of(channel['id'], connection)
+        if last and last['end_reason'] in ENFORCED_ENDS:
+            raise HookDenied('session was ended: %s' % last['end_reason'])
+        ingest_publish(svc, name, key, connection, addr)  # resume, under the publish rules
+        session = svc.store.session(svc.store.ingest_channel(name)['live_session_id'])
+    metrics = svc.ingest.snapshot()['streams'].get(name)
+    if metrics and not metrics['bitrateKbps'] and session['bytes_in'] and \
+            now > session['last_seen_at']:
+        metrics = dict(metrics, bitrateKbps=round(
+            (metrics['bytesIn'] - session['bytes_in']) * 8 / 1000 / (now - session['last_seen_at']),
+            1))
+    svc.store.record_sample(session['id'], now, metrics)
+    over = None
+    if channel['max_session_seconds'] is not None and \
+            now - session['started_at'] > channel['max_session_seconds']:
+        over = 'max_session_seconds'
+    elif channel['max_bitrate_kbps'] is not None and metrics and \
+            metrics['bitrateKbps'] > channel['max_bitrate_kbps']:
+        over = 'max_bitrate'
+    if over:
+        svc.store.end_session(session['id'], over, now)
+        raise HookDenied('session passed %s' % over)
+    return {'allowed': True}
+
+
+def ingest_publish_done(svc, name, connection):
+    channel = svc.store.ingest_channel(name)
+    session = channel and channel['live_session_id'] and \
+        svc.store.session(channel['live_session_id'])
+    if session and session['ingest_client'] == connection:
+        metrics = svc.ingest.snapshot()['streams'].get(name)
+        if metrics:
+            svc.store.record_sample(session['id'], svc.clock(), metrics)
+        svc.store.end_session(session['id'], 'publisher_left', svc.clock())
+        log.info('channel %s is idle (session %d ended: publisher_left)', name, session['id'])
+    return {'ended': bool(session)}
+
+
+def ingest_play(svc, name, delta):
+    if svc.store.ingest_channel(name) is None:
+        raise HookDenied('no such channel')
+    svc.store.add_viewer(name, delta)
+    return {'allowed': True}
+
+
+#: nginx-rtmp notify calls this service acts on; others are acknowledged.
+NGINX_CALLS = ('publish', 'update_publish', 'publish_done', 'play', 'play_done')
+
+
+def nginx_rtmp_hook():
+    """POST /v1/hooks/nginx-rtmp: nginx-rtmp's on_* notify calls. 2xx allows,
+    403 refuses (or, for update_publish, drops the stream)."""
+    svc = service()
+    _check_hook_secret(svc)
+    if bottle.request.content_length > max_body():
+        raise ApiError(413, EC_TOO_LARGE, 'hook body too large')
+    form = bottle.request.forms.decode()
+    call, name = form.get('call', ''), form.get('name', '')
+    connection = '%s/%s' % (bottle.request.environ.get('REMOTE_ADDR'), form.get('clientid', ''))
+    if call not in NGINX_CALLS:
+        return envelope({'ignored': call})
+    if not PUBLIC_ID.match(name):
+        log.warning('nginx-rtmp %s refused: stream name is not a channel id', call)
+        raise ApiError(403 if call in ('publish', 'play') else 400, EC_FORBIDDEN,
+                       'stream name is not a channel id')
+    try:
+        if call == 'publish':
+            result = ingest_publish(svc, name, form.get('key', ''), connection,
+                                    form.get('addr', ''))
+        elif call == 'update_publish':
+            result = ingest_update(svc, name, form.get('key', ''), connection,
+                                   form.get('addr', ''))
+        elif call == 'publish_done':
+            result = ingest_publish_done(svc, name, connection)
+        else:
+            result = ingest_play(svc, name, 1 if call == 'play' else -1)
+    except HookDenied as denied:
+        log.warning('nginx-rtmp %s on channel %s refused: %s', call, name, denied)
+        raise ApiError(403, EC_FORBIDDEN, str(denied))
+    return envelope(result)
+
+
+###############################################################################
+# Building the app #############################################################
+###############################################################################
+
+#: (method, path, handler): the whole HTTP surface, in API.md's order.
+ROUTES = [
+    ('POST', '/v1/clients', create_client),
+    ('GET', '/v1/clients', list_clients),
+    ('POST', '/v1/clients/<token_id>/rotate', rotate_client),
+    ('DELETE', '/v1/clients/<token_id>', delete_client),
+    ('PUT', '/v1/users/<user_id>', put_user),
+    ('PATCH', '/v1/users/<user_id>', patch_user),
+    ('GET', '/v1/users/<user_id>', get_user),
+    ('GET', '/v1/users', list_users),
+    ('DELETE', '/v1/users/<user_id>', delete_user),
+    ('POST', '/v1/channels', create_channel),
+    ('GET', '/v1/channels', list_channels),
+    ('GET', '/v1/channels/<channel_id>', get_channel),
+    ('PUT', '/v1/channels/<channel_id>', put_channel),
+    ('PATCH', '/v1/channels/<channel_id>', patch_channel),
+    ('DELETE', '/v1/channels/<channel_id>', delete_channel),
+    ('POST', '/v1/channels/<channel_id>/rotate-key', rotate_key),
+    ('GET', '/v1/channels/<channel_id>/stats', channel_stats),
+    ('GET', '/v1/channels/<channel_id>/sessions', list_sessions),
+    ('GET', '/v1/stats', system_stats),
+    ('GET', '/v1/health', health),
+    ('POST', '/v1/hooks/nginx-rtmp', nginx_rtmp_hook),
+]
+
+
+def create_app(config=None, clock=time.time):
+    """A ready WSGI app on config's database (migrated, bootstrap admin in place).
+    Build as many as you like: nothing is shared between them."""
+    config = config or load_config(environ={})
+    app = bottle.Bottle()
+    app.livestream = svc = Service(config, clock)
+    svc.store.migrate()
+    svc.hook_secret = config['ingest']['hook_secret'] or svc.store.setting(
+        'hook_secret', lambda: secrets.token_urlsafe(32))
+    app.add_hook('before_request', lambda: authenticate(app))
+    for method, path, handler in ROUTES:
+        app.route(path, method, handler)
+    app.default_error_handler = error_body
+    return app
+
+
+def bootstrap_admin(app, environ, out=sys.stderr):
+    """Put the LIVE_TOKEN_ID / LIVE_TOKEN_SECRET admin in place; on a first start
+    without them, make an admin and print its credentials once."""
+    svc = app.livestream
+    token_id, secret = environ.get('LIVE_TOKEN_ID'), environ.get('LIVE_TOKEN_SECRET')
+    if token_id or secret:
+        if not (token_id and secret and ':' not in token_id):
+            raise ConfigError('LIVE_TOKEN_ID and LIVE_TOKEN_SECRET must both be set, and the '
+                              'id must not contain ":"')
+        svc.store.put_env_client(token_id, hash_secret(secret), svc.clock())
+    elif svc.store.count_clients() == 0:
+        token_id, secret = new_token()
+        svc.store.create_client('first admin', 'admin', token_id, hash_secret(secret),
+                                svc.clock())
+        print('Created an admin API token (shown once; keep it):\n'
+              '  LIVE_TOKEN_ID=%s\n  LIVE_TOKEN_SECRET=%s' % (token_id, secret), file=out)
+
+
+###############################################################################
+# Serving ######################################################################
+###############################################################################
+
+#: One line per request; never the query string, which may carry the hook secret.
+access_log = logging.getLogger('livestream.access')
+
+
+class AccessLog:
+    """WSGI middleware writing the access log: method, path, status, ms, token id."""
+
+    def __init__(self, app):
+        self.app = app
+
+    def __call__(self, environ, start_response):
+        started = time.perf_counter()
+        status = ['-']
+
+        def start(status_line, headers, exc_info=None):
+            status[0] = status_line[:3]
+            return start_response(status_line, headers, exc_info)
+
+        try:
+            return self.app(environ, start)
+        finally:
+            access_log.info('%s %s %s %s %.1fms %s', environ.get('REMOTE_ADDR', '-'),
+                            environ['REQUEST_METHOD'], environ.get('PATH_INFO', ''), status[0],
+                            (time.perf_counter() - started) * 1000,
+                            environ.get('livestream.token_id', '-'))
+
+
+def waitress_body_limit(max_body_bytes):
+    """waitress's own body limit: far enough above ours that an oversized body
+    still reaches the app and gets a JSON 413 rather than waitress's plain text."""
+    return max(16 * max_body_bytes, 64 * 1024 * 1024)
+
+
+def serve(config, environ, drain_seconds=10):
+    """Serve until SIGTERM or SIGINT; then stop accepting, let requests in flight
+    finish (up to drain_seconds), checkpoint the database and return."""
+    import waitress.server
+    app = create_app(config)
+    bootstrap_admin(app, environ)
+    server_config = config['server']
+    server = waitress.server.create_server(
+        AccessLog(app), host=server_config['host'], port=server_config['port'],
+        threads=server_config['threads'], ident='livestream-api',
+        max_request_body_size=waitress_body_limit(server_config['max_body_bytes']))
+    # Under load waitress warns of its task queue depth on every request.
+    logging.getLogger('waitress.queue').setLevel(logging.ERROR)
+    stopping = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stopping.set())
+    server.print_listen('livestream-api %s serving on http://{}:{}' % __version__)
+    sys.stdout.flush()
+    listeners = [item for item in server.map.values()
+                 if isinstance(item, waitress.server.BaseWSGIServer)]
+    deadline = None
+    while True:
+        server.asyncore.loop(timeout=0.2, map=server.map, count=1)
+        if not stopping.is_set():
+            continue
+        if deadline is None:
+            log.info('stopping: no new connections; finishing requests in flight')
+            deadline = time.monotonic() + drain_seconds
+            for listener in listeners:
+                listener.close()
+        dispatcher = server.task_dispatcher
+        busy = dispatcher.active_count or dispatcher.queue or any(
+            getattr(channel, 'requests', None) or getattr(channel, 'total_outbufs_len', 0)
+            for channel in list(server.map.values()))
+        if not busy or time.monotonic() > deadline:
+            break
+    server.close()
+    app.livestream.store.close()
+    log.info('stopped')
+
+
+###############################################################################
+# nginx-rtmp configuration #####################################################
+###############################################################################
+
+#: Where Debian's libnginx-mod-rtmp puts the module.
+NGINX_RTMP_MODULE = '/usr/lib/nginx/modules/ngx_rtmp_module.so'
+
+NGINX_CONF = '''\
+# nginx-rtmp for Livestream API, made by `livestream-api nginx-conf`.
+# Run: nginx -p {prefix} -c {prefix}/nginx.conf
+# Contains the hook secret: keep this file private.
+load_module {module};
+worker_processes 1;
+daemon off;
+pid {prefix}/nginx.pid;
+# notice, not info: at info nginx-rtmp logs each notify call with the stream's
+# arguments and the hook URL, which would put stream keys and the secret on disk.
+error_log {prefix}/error.log notice;
+
+events {{
+    worker_connections 1024;
+}}
+
+rtmp {{
+    server {{
+        listen {rtmp_port};
+        chunk_size 4096;
+
+        application {app} {{
+            live on;
+            record off;
+            hls on;
+            hls_path {prefix}/hls;
+            hls_fragment 2s;
+            hls_playlist_length 10s;
+
+            notify_method post;
+            notify_update_timeout {update_interval}s;
+            on_publish {hook};
+            on_update {hook};
+            on_publish_done {hook};
+            on_play {hook};
+            on_play_done {hook};
+        }}
+    }}
+}}
+
+http {{
+    access_log off;
+    client_body_temp_path {prefix}/tmp/body;
+    proxy_temp_path {prefix}/tmp/proxy;
+    fastcgi_temp_path {prefix}/tmp/fastcgi;
+    uwsgi_temp_path {prefix}/tmp/uwsgi;
+    scgi_temp_path {prefix}/tmp/scgi;
+
+    server {{
+        listen {http_host}:{http_port};
+
+        location /stat {{
+            rtmp_stat all;
+        }}
+
+        location /hls {{
+            types {{
+                application/vnd.apple.mpegurl m3u8;
+                video/mp2t ts;
+            }}
+            alias {prefix}/hls;
+            add_header Cache-Control no-cache;
+            add_header Access-Control-Allow-Origin *;
+        }}
+    }}
+}}
+'''
+
+
+def nginx_conf(config, hook_secret, rtmp_port, http_port, prefix, http_host='127.0.0.1'):
+    """A complete nginx.conf whose rtmp application calls this API's hook."""
+    server = config['server']
+    api_host = '127.0.0.1' if server['host'] in ('0.0.0.0', '::', '') else server['host']
+    if ':' in api_host:
+        api_host = '[%s]' % api_host
+    app = config['ingest']['rtmp_url'].rsplit('/', 1)[-1] or 'live'
+    hook = 'http://%s:%d/v1/hooks/nginx-rtmp?secret=%s' % (api_host, server['port'], hook_secret)
+    return NGINX_CONF.format(prefix=os.path.abspath(prefix), module=NGINX_RTMP_MODULE,
+                             rtmp_port=rtmp_port, http_port=http_port, http_host=http_host,
+                             app=app, hook=hook,
+                             update_interval=config['ingest']['update_interval'])
+
+
+###############################################################################
+# Command line #################################################################
+###############################################################################
+
+def _parser():
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument('--config', metavar='FILE', help='an INI file (see config.example.ini)')
+    common.add_argument('--db', metavar='PATH', help='the SQLite database file')
+    parser = argparse.ArgumentParser(prog='livestream-api', description=__doc__.split('\n')[0])
+    parser.add_argument('--version', action='version', version=__version__)
+    commands = parser.add_subparsers(dest='command', required=True, metavar='COMMAND')
+    serve_command = commands.add_parser('serve', parents=[common], help='run the HTTP API')
+    serve_command.add_argument('--host')
+    serve_command.add_argument('--port')
+    commands.add_parser('init-db', parents=[common], help='create or migrate the database')
+    client = commands.add_parser('client', help='manage API clients')
+    client_commands = client.add_subparsers(dest='client_command', required=True,
+                                            metavar='ACTION')
+    create = client_commands.add_parser('create', parents=[common],
+                                        help='create a client and print its token once')
+    create.add_argument('name')
+    create.add_argument('--role', choices=('app', 'admin'), default='app')
+    client_commands.add_parser('list', parents=[common], help='list clients')
+    delete = client_commands.add_parser('delete', parents=[common], help='delete a client')
+    delete.add_argument('token_id')
+    delete.add_argument('--force', action='store_true',
+                        help='also delete its users and channels')
+    conf = commands.add_parser('nginx-conf', parents=[common],
+                               help='print an nginx.conf wired to this API')
+    conf.add_argument('--rtmp-port', type=int, default=1935)
+    conf.add_argument('--http-port', type=int, default=8088)
+    conf.add_argument('--prefix', default='/var/lib/livestream-nginx',
+                      help='directory for nginx state, logs and HLS files')
+    return parser
+
+
+def main(argv=None, environ=None):
+    """The livestream-api command. Exit status 2 for configuration errors."""
+    environ = os.environ if environ is None else environ
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format='%(asctime)s %(levelname)s %(name)s: %(message)s')
+    overrides = {}
+    if args.db:
+        overrides['database'] = {'path': args.db}
+    if getattr(args, 'host', None):
+        overrides['server'] = {'host': args.host}
+    if getattr(args, 'port', None):
+        overrides.setdefault('server', {})['port'] = args.port
+    try:
+        config = load_config(args.config, environ, overrides)
+        if args.command == 'serve':
+            serve(config, environ)
+            return 0
+        app = create_app(config)
+    except ConfigError as error:
+        print('livestream-api: configuration error: %s' % error, file=sys.stderr)
+        return 2
+    except (sqlite3.Error, OSError) as error:
+        print('livestream-api: cannot use the database %s: %s'
+              % (config['database']['path'], error), file=sys.stderr)
+        return 1
+    store = app.livestream.store
+    try:
+        if args.command == 'init-db':
+            print('database ready: %s' % config['database']['path'])
+        elif args.command == 'nginx-conf':
+            print(nginx_conf(config, app.livestream.hook_secret, args.rtmp_port, args.http_port,
+                             args.prefix), end='')
+        elif args.client_command == 'create':
+            token_id, secret = new_token()
+            store.create_client(args.name, args.role, token_id, hash_secret(secret), time.time())
+            print('LIVE_TOKEN_ID=%s\nLIVE_TOKEN_SECRET=%s' % (token_id, secret))
+        elif args.client_command == 'list':
+            rows, _ = store.list_clients(2 ** 63 - 1, 10 ** 9)
+            for row in rows:
+                print('%s\t%s\t%s\t%s' % (row['token_id'], row['role'], iso(row['created_at']),
+                                          row['name']))
+        elif args.client_command == 'delete':
+            client = store.client_by_token(args.token_id)
+            if client is None:
+                print('livestream-api: no client with token id %s' % args.token_id,
+                      file=sys.stderr)
+                return 1
+            if client['users'] and not args.force:
+                print('livestream-api: client owns %d users; pass --force to delete them too'
+                      % client['users'], file=sys.stderr)
+                return 1
+            store.delete_client(client['id'], time.time())
+            print('deleted %s' % args.token_id)
+    finally:
+        store.close()
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())

@@ -1,0 +1,148 @@
+-- Livestream API store.
+--
+-- This file is the ordered migration list: each block below runs once, in
+-- order, when PRAGMA user_version is below its number, inside one transaction.
+-- Blocks are only ever appended; nothing here drops data.
+--
+-- Times are REAL unix seconds (UTC). Counters on clients, users and channels are
+-- kept by the triggers at the end of block 1, so every write path (API, hooks,
+-- cascades) keeps them true without remembering to.
+
+-- migration: 1
+CREATE TABLE IF NOT EXISTS settings (
+    name  TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
+
+CREATE TABLE IF NOT EXISTS clients (
+    id            INTEGER PRIMARY KEY,
+    public_id     TEXT NOT NULL UNIQUE,
+    name          TEXT NOT NULL,
+    role          TEXT NOT NULL CHECK (role IN ('admin', 'app')),
+    token_id      TEXT NOT NULL UNIQUE,
+    secret_hash   BLOB NOT NULL,           -- sha256(secret): secrets are 256-bit random
+    from_env      INTEGER NOT NULL DEFAULT 0,
+    created_at    REAL NOT NULL,
+    users         INTEGER NOT NULL DEFAULT 0,
+    channels      INTEGER NOT NULL DEFAULT 0,
+    live_channels INTEGER NOT NULL DEFAULT 0,
+    sessions      INTEGER NOT NULL DEFAULT 0,
+    live_seconds  REAL NOT NULL DEFAULT 0,
+    bytes_in      INTEGER NOT NULL DEFAULT 0
+);
+
+CREATE TABLE IF NOT EXISTS users (
+    id                  INTEGER PRIMARY KEY,
+    client_id           INTEGER NOT NULL REFERENCES clients (id) ON DELETE CASCADE,
+    user_id             TEXT NOT NULL,
+    max_channels        INTEGER,           -- NULL: unlimited
+    max_live_channels   INTEGER,
+    max_bitrate_kbps    INTEGER,
+    max_session_seconds INTEGER,
+    channels            INTEGER NOT NULL DEFAULT 0,
+    live_channels       INTEGER NOT NULL DEFAULT 0,
+    created_at          REAL NOT NULL,
+    updated_at          REAL NOT NULL,
+    UNIQUE (client_id, user_id)
+);
+CREATE INDEX IF NOT EXISTS users_by_client ON users (client_id, id);
+
+CREATE TABLE IF NOT EXISTS channels (
+    id              INTEGER PRIMARY KEY,
+    public_id       TEXT NOT NULL UNIQUE,
+    client_id       INTEGER NOT NULL REFERENCES clients (id) ON DELETE CASCADE,
+    user_pk         INTEGER NOT NULL REFERENCES users (id) ON DELETE CASCADE,
+    name            TEXT NOT NULL,
+    description     TEXT NOT NULL DEFAULT '',
+    metadata        TEXT NOT NULL DEFAULT '{}',
+    enabled         INTEGER NOT NULL DEFAULT 1,
+    stream_key      TEXT NOT NULL,
+    live_session_id INTEGER,               -- the open session, NULL when not live
+    created_at      REAL NOT NULL,
+    updated_at      REAL NOT NULL,
+    sessions        INTEGER NOT NULL DEFAULT 0,
+    live_seconds    REAL NOT NULL DEFAULT 0,   -- of ended sessions
+    bytes_in        INTEGER NOT NULL DEFAULT 0 -- of ended sessions
+);
+CREATE INDEX IF NOT EXISTS channels_by_client ON channels (client_id, id);
+CREATE INDEX IF NOT EXISTS channels_by_user ON channels (user_pk, id);
+CREATE INDEX IF NOT EXISTS channels_live ON channels (live_session_id)
+    WHERE live_session_id IS NOT NULL;
+
+CREATE TABLE IF NOT EXISTS sessions (
+    id                INTEGER PRIMARY KEY,
+    public_id         TEXT NOT NULL UNIQUE,
+    channel_id        INTEGER NOT NULL REFERENCES channels (id) ON DELETE CASCADE,
+    ingest_client     TEXT NOT NULL,       -- the ingest server's connection id
+    addr              TEXT NOT NULL,
+    started_at        REAL NOT NULL,
+    last_seen_at      REAL NOT NULL,
+    ended_at          REAL,
+    end_reason        TEXT,
+    bytes_in          INTEGER NOT NULL DEFAULT 0,
+    bitrate_kbps      REAL,                -- last measured
+    peak_bitrate_kbps REAL,
+    viewers           INTEGER NOT NULL DEFAULT 0,
+    peak_viewers      INTEGER NOT NULL DEFAULT 0,
+    video             TEXT,                -- JSON {codec, width, height, fps}
+    audio             TEXT                 -- JSON {codec, sampleRate, channels}
+);
+CREATE INDEX IF NOT EXISTS sessions_by_channel ON sessions (channel_id, id);
+CREATE INDEX IF NOT EXISTS sessions_open ON sessions (last_seen_at) WHERE ended_at IS NULL;
+
+CREATE TABLE IF NOT EXISTS session_samples (
+    session_id   INTEGER NOT NULL REFERENCES sessions (id) ON DELETE CASCADE,
+    at           REAL NOT NULL,
+    bitrate_kbps REAL,
+    bytes_in     INTEGER,
+    viewers      INTEGER
+);
+CREATE INDEX IF NOT EXISTS session_samples_by_session ON session_samples (session_id, at);
+
+CREATE TRIGGER IF NOT EXISTS user_added AFTER INSERT ON users BEGIN
+    UPDATE clients SET users = users + 1 WHERE id = NEW.client_id;
+END;
+CREATE TRIGGER IF NOT EXISTS user_removed AFTER DELETE ON users BEGIN
+    UPDATE clients SET users = users - 1 WHERE id = OLD.client_id;
+END;
+
+CREATE TRIGGER IF NOT EXISTS channel_added AFTER INSERT ON channels BEGIN
+    UPDATE users SET channels = channels + 1 WHERE id = NEW.user_pk;
+    UPDATE clients SET channels = channels + 1 WHERE id = NEW.client_id;
+END;
+CREATE TRIGGER IF NOT EXISTS channel_removed AFTER DELETE ON channels BEGIN
+    UPDATE users SET channels = channels - 1,
+                     live_channels = live_channels - (OLD.live_session_id IS NOT NULL)
+     WHERE id = OLD.user_pk;
+    UPDATE clients SET channels = channels - 1,
+                       live_channels = live_channels - (OLD.live_session_id IS NOT NULL),
+                       sessions = sessions - OLD.sessions,
+                       live_seconds = live_seconds - OLD.live_seconds,
+                       bytes_in = bytes_in - OLD.bytes_in
+     WHERE id = OLD.client_id;
+END;
+CREATE TRIGGER IF NOT EXISTS channel_went_live AFTER UPDATE OF live_session_id ON channels
+WHEN OLD.live_session_id IS NULL AND NEW.live_session_id IS NOT NULL BEGIN
+    UPDATE users SET live_channels = live_channels + 1 WHERE id = NEW.user_pk;
+    UPDATE clients SET live_channels = live_channels + 1 WHERE id = NEW.client_id;
+END;
+CREATE TRIGGER IF NOT EXISTS channel_went_idle AFTER UPDATE OF live_session_id ON channels
+WHEN OLD.live_session_id IS NOT NULL AND NEW.live_session_id IS NULL BEGIN
+    UPDATE users SET live_channels = live_channels - 1 WHERE id = NEW.user_pk;
+    UPDATE clients SET live_channels = live_channels - 1 WHERE id = NEW.client_id;
+END;
+
+CREATE TRIGGER IF NOT EXISTS session_started AFTER INSERT ON sessions BEGIN
+    UPDATE channels SET sessions = sessions + 1 WHERE id = NEW.channel_id;
+    UPDATE clients SET sessions = sessions + 1
+     WHERE id = (SELECT client_id FROM channels WHERE id = NEW.channel_id);
+END;
+CREATE TRIGGER IF NOT EXISTS session_ended AFTER UPDATE OF ended_at ON sessions
+WHEN OLD.ended_at IS NULL AND NEW.ended_at IS NOT NULL BEGIN
+    UPDATE channels SET live_seconds = live_seconds + (NEW.ended_at - NEW.started_at),
+                        bytes_in = bytes_in + NEW.bytes_in
+     WHERE id = NEW.channel_id;
+    UPDATE clients SET live_seconds = live_seconds + (NEW.ended_at - NEW.started_at),
+                       bytes_in = bytes_in + NEW.bytes_in
+     WHERE id = (SELECT client_id FROM channels WHERE id = NEW.channel_id);
+END;
