@@ -13,6 +13,7 @@ import argparse
 import base64
 import binascii
 import contextlib
+import functools
 import hashlib
 import hmac
 import json
@@ -167,8 +168,8 @@ def _schema_path():
                       Path(sys.prefix) / 'share' / 'livestream-api' / 'schema.sql'):
         if candidate.is_file():
             return candidate
-    raise RuntimeError('schema.sql not found beside %s or under %s/share/livestream-api'
-                       % (__file__, sys.prefix))
+    raise FileNotFoundError('schema.sql not found beside %s or under %s/share/livestream-api'
+                            % (__file__, sys.prefix))
 
 
 def _migrations():
@@ -574,9 +575,9 @@ class Store:
 
     # Statistics --------------------------------------------------------------
 
-    def totals(self, client_pk):
+    def totals(self, client_pk, now=None):
         """Counters of one client, or summed over all clients for None, plus the
-        running figures of its live sessions."""
+        running figures of its live sessions as of `now` (the service's clock)."""
         where, args = ('WHERE id = ?', (client_pk,)) if client_pk else ('', ())
         totals = self.db.execute(
             'SELECT coalesce(sum(users), 0) AS users, coalesce(sum(channels), 0) AS channels, '
@@ -588,7 +589,7 @@ class Store:
             'SELECT coalesce(sum(s.bitrate_kbps), 0) AS bitrate_kbps, '
             'coalesce(sum(? - s.started_at), 0) AS seconds FROM channels c '
             'JOIN sessions s ON s.id = c.live_session_id WHERE c.live_session_id IS NOT NULL '
-            + where, (time.time(),) + args).fetchone()
+            + where, (time.time() if now is None else now,) + args).fetchone()
         return totals, live
 
 
@@ -807,6 +808,14 @@ def _reject_constant(name):
     raise ValueError('%s is not valid JSON' % name)
 
 
+def _finite_float(text):
+    """A JSON number as a float, refusing ones too large to be finite (1e400)."""
+    value = float(text)
+    if value in (float('inf'), float('-inf')):
+        raise ValueError('number %s is out of range' % text[:20])
+    return value
+
+
 def read_json(max_bytes):
     """The request body as a JSON object, or a 400/413 that says what is wrong."""
     request = bottle.request
@@ -824,7 +833,8 @@ def read_json(max_bytes):
     if content_type != 'application/json':
         raise bad_request('Content-Type must be application/json, not %r' % (content_type or ''))
     try:
-        body = json.loads(raw.decode('utf-8'), parse_constant=_reject_constant)
+        body = json.loads(raw.decode('utf-8'), parse_constant=_reject_constant,
+                          parse_float=_finite_float)
     except UnicodeDecodeError:
         raise bad_request('request body is not valid UTF-8')
     except RecursionError:
@@ -846,6 +856,10 @@ def check_text(value, longest, shortest=0, strip=False):
         return None, 'must be %d to %d characters' % (shortest, longest)
     if CONTROL_CHARS.search(value if not strip else value.replace('\t', ' ')):
         return None, 'must not contain control characters'
+    try:
+        value.encode('utf-8')
+    except UnicodeEncodeError:
+        return None, 'must be valid Unicode text (a lone surrogate \\uD800-\\uDFFF is not)'
     return value, None
 
 
@@ -933,7 +947,7 @@ def page_params(extra=()):
     if 'cursor' in params:
         try:
             after = int(json.loads(base64.urlsafe_b64decode(params['cursor'] + '==').decode())['a'])
-        except (ValueError, TypeError, KeyError, binascii.Error, UnicodeDecodeError):
+        except (ValueError, TypeError, KeyError, OverflowError, RecursionError, binascii.Error):
             raise bad_request('cursor is not one this API returned; start again without it')
         if not 0 < after < 2 ** 63:
             raise bad_request('cursor is not one this API returned; start again without it')
@@ -1409,7 +1423,7 @@ def system_stats():
     svc = service()
     svc.end_stale_sessions()
     admin = is_admin(client)
-    totals, live = svc.store.totals(None if admin else client['id'])
+    totals, live = svc.store.totals(None if admin else client['id'], svc.clock())
     stats = {'users': totals['users'], 'channels': totals['channels'],
              'liveChannels': totals['live_channels'],
              'bitrateKbpsIn': round(live['bitrate_kbps'], 1), 'sessions': totals['sessions'],
@@ -1526,6 +1540,8 @@ def ingest_play(svc, name, delta):
 
 #: nginx-rtmp notify calls this service acts on; others are acknowledged.
 NGINX_CALLS = ('publish', 'update_publish', 'publish_done', 'play', 'play_done')
+#: nginx-rtmp's other notify calls: acknowledged (200) and ignored; any other is a 400.
+NGINX_OTHER_CALLS = ('connect', 'disconnect', 'done', 'record_done', 'update_play')
 
 
 def nginx_rtmp_hook():
@@ -1535,22 +1551,39 @@ def nginx_rtmp_hook():
     _check_hook_secret(svc)
     if bottle.request.content_length > max_body():
         raise ApiError(413, EC_TOO_LARGE, 'hook body too large')
-    form = bottle.request.forms.decode()
-    call, name = form.get('call', ''), form.get('name', '')
-    connection = '%s/%s' % (bottle.request.environ.get('REMOTE_ADDR'), form.get('clientid', ''))
+    content_type = bottle.request.content_type.split(';')[0].strip().lower()
+    if content_type not in ('application/x-www-form-urlencoded', 'multipart/form-data'):
+        raise bad_request('hook body must be form data (application/x-www-form-urlencoded), '
+                          'not %r' % content_type)
+    try:
+        form = bottle.request.forms.decode()
+    except UnicodeDecodeError:
+        raise bad_request('hook body is not UTF-8 form data')
+
+    def field(name):
+        # nginx appends the stream's own query string after its fields, so a
+        # publisher can repeat `name` or `call`: only the first value is nginx's.
+        values = form.getall(name)
+        return values[0] if values else ''
+
+    call, name = field('call'), field('name')
+    connection = '%s/%s' % (bottle.request.environ.get('REMOTE_ADDR'), field('clientid'))
+    if not call:
+        raise bad_request('hook body has no call field')
     if call not in NGINX_CALLS:
+        if call not in NGINX_OTHER_CALLS:
+            raise bad_request('unknown hook call %r' % call[:40])
         return envelope({'ignored': call})
     if not PUBLIC_ID.match(name):
         log.warning('nginx-rtmp %s refused: stream name is not a channel id', call)
-        raise ApiError(403 if call in ('publish', 'play') else 400, EC_FORBIDDEN,
-                       'stream name is not a channel id')
+        if call in ('publish', 'play'):
+            raise ApiError(403, EC_FORBIDDEN, 'stream name is not a channel id')
+        raise bad_request('stream name is not a channel id')
     try:
         if call == 'publish':
-            result = ingest_publish(svc, name, form.get('key', ''), connection,
-                                    form.get('addr', ''))
+            result = ingest_publish(svc, name, field('key'), connection, field('addr'))
         elif call == 'update_publish':
-            result = ingest_update(svc, name, form.get('key', ''), connection,
-                                   form.get('addr', ''))
+            result = ingest_update(svc, name, field('key'), connection, field('addr'))
         elif call == 'publish_done':
             result = ingest_publish_done(svc, name, connection)
         else:
@@ -1559,6 +1592,292 @@ def nginx_rtmp_hook():
         log.warning('nginx-rtmp %s on channel %s refused: %s', call, name, denied)
         raise ApiError(403, EC_FORBIDDEN, str(denied))
     return envelope(result)
+
+
+###############################################################################
+# OpenAPI description ##########################################################
+###############################################################################
+
+def _ecma(regex):
+    """A validation regex as an OpenAPI (ECMA-262) pattern, where `$` means Python's `\\Z`."""
+    return regex.pattern.replace('\\Z', '$')
+
+
+def _closed(properties, optional=()):
+    """A JSON object with exactly these properties, each required unless `optional`."""
+    return {'type': 'object', 'properties': properties, 'additionalProperties': False,
+            'required': [name for name in properties if name not in optional]}
+
+
+def _json(schema):
+    return {'application/json': {'schema': schema}}
+
+
+def _success(description, data=None):
+    """A success response: the envelope around `data`; no body without `data` (204)."""
+    if data is None:
+        return {'description': description}
+    return {'description': description,
+            'content': _json(_closed({'ec': {'const': EC_OK}, 'data': data}))}
+
+
+def _error(description, ecs, data=None, header=None):
+    """An error response: {"ec", "msg", "data"}, and a header it always carries."""
+    response = {'description': description, 'content': _json(_closed({
+        'ec': {'enum': list(ecs)}, 'msg': {'type': 'string'},
+        'data': data or {'type': 'null'}}))}
+    if header:
+        response['headers'] = {header: {'required': True, 'schema': {'type': 'string'}}}
+    return response
+
+
+def _list_of(item):
+    return _closed({'items': {'type': 'array', 'items': item},
+                    'total': {'type': 'integer', 'minimum': 0},
+                    'nextCursor': {'type': ['string', 'null']}})
+
+
+def openapi_document():
+    """The OpenAPI 3.1 description of ROUTES, from the same rules the handlers apply."""
+    text = '[^%s]' % CONTROL_CHARS.pattern[1:-1]  # a character any text field may hold
+    name = {'type': 'string', 'minLength': 1, 'maxLength': 200,
+            'pattern': '^%s*[^\\s%s]%s*$' % (text, text[2:-1], text),
+            'description': '1-200 characters, not only spaces, no control characters; '
+                           'stored without leading and trailing spaces'}
+    description = {'type': 'string', 'maxLength': 2000, 'pattern': '^%s*$' % text}
+    public_id = {'type': 'string', 'pattern': _ecma(PUBLIC_ID)}
+    user_id = {'type': 'string', 'pattern': _ecma(USER_ID)}
+    count = {'type': 'integer', 'minimum': 0}
+    rate = {'type': 'number', 'minimum': 0}
+    time_ = {'type': 'string', 'format': 'date-time'}
+    string = {'type': 'string'}
+    media = {'type': ['object', 'null']}
+    limit = {'type': ['integer', 'null'], 'minimum': 0, 'maximum': MAX_LIMIT}
+    status = {'enum': ['idle', 'live', 'disabled']}
+    ref = lambda name: {'$ref': '#/components/schemas/' + name}  # noqa: E731
+    client = {'id': public_id, 'name': string, 'role': {'enum': ['app', 'admin']},
+              'tokenId': string, 'fromEnvironment': {'type': 'boolean'}, 'createdAt': time_}
+    schemas = {
+        'Client': _closed(client),
+        'ClientWithSecret': _closed(dict(client, tokenSecret=string)),
+        'User': _closed({
+            'userId': user_id, 'limits': _closed({name: limit for name in LIMIT_COLUMNS}),
+            'usage': _closed({'channels': count, 'liveChannels': count}),
+            'createdAt': time_, 'updatedAt': time_, 'clientId': public_id},
+            optional=('clientId',)),
+        'Channel': _closed({
+            'id': public_id, 'userId': user_id, 'name': string, 'description': string,
+            'metadata': {'type': 'object'}, 'enabled': {'type': 'boolean'}, 'status': status,
+            'streamUrl': string, 'streamId': string,
+            'playback': _closed({'hls': string, 'rtmp': string}),
+            'liveSince': {'type': ['string', 'null'], 'format': 'date-time'},
+            'createdAt': time_, 'updatedAt': time_, 'clientId': public_id},
+            optional=('clientId',)),
+        'Session': _closed({
+            'id': public_id, 'channelId': public_id, 'startedAt': time_,
+            'endedAt': {'type': ['string', 'null'], 'format': 'date-time'},
+            'durationSeconds': count, 'bytesIn': count, 'avgBitrateKbps': rate,
+            'peakBitrateKbps': {'type': ['number', 'null'], 'minimum': 0},
+            'peakViewers': count, 'video': media, 'audio': media,
+            'endReason': {'enum': sorted(ENFORCED_ENDS + ('publisher_left', 'stale')) + [None]}}),
+        'ChannelStats': _closed({
+            'status': status,
+            'current': {'anyOf': [{'type': 'null'}, _closed({
+                'sessionId': public_id, 'startedAt': time_, 'durationSeconds': count,
+                'bitrateKbps': {'type': ['number', 'null'], 'minimum': 0}, 'bytesIn': count,
+                'viewers': count, 'video': media, 'audio': media})]},
+            'totals': _closed({'sessions': count, 'liveSeconds': count, 'bytesIn': count})}),
+        'Stats': _closed({
+            'users': count, 'channels': count, 'liveChannels': count, 'bitrateKbpsIn': rate,
+            'sessions': count, 'liveSeconds': count, 'bytesIn': count,
+            'system': _closed({
+                'version': string, 'uptimeSeconds': count, 'dbBytes': count,
+                'ingest': {'type': 'array', 'items': _closed({
+                    'url': {'type': ['string', 'null']}, 'reachable': {'type': 'boolean'},
+                    'streams': count, 'bitrateKbpsIn': rate})}})},
+            optional=('system',)),
+        'Health': _closed({'status': {'const': 'ok'}, 'version': string, 'db': {'const': 'ok'}}),
+    }
+    some_data = {'type': ['object', 'null']}
+    responses = {
+        '400': _error('Malformed request: a body that is not a JSON object, a Content-Type other '
+                      'than application/json, an unknown, repeated or bad query parameter, or '
+                      'a cursor this API did not issue.', [EC_BAD_REQUEST]),
+        '401': _error('Missing or wrong credentials.', [EC_UNAUTHORIZED],
+                      header='WWW-Authenticate'),
+        '403': _error('Not allowed: an admin-only route called by an app client (ec 4), or a '
+                      "user's limit reached (ec 5; data names the limit).",
+                      [EC_FORBIDDEN, EC_LIMIT], some_data),
+        '404': _error('No such resource for this caller (another client\'s resources '
+                      'included), or no such client for clientId.', [EC_NOT_FOUND]),
+        '405': _error('Method not allowed on this path; Allow lists those that are.',
+                      [EC_METHOD], _closed({'allowed': {'type': 'array', 'items': string}}),
+                      header='Allow'),
+        '409': _error('Conflict: the resource still owns others (use ?force=true), or the '
+                      'client is defined by the environment.', [EC_CONFLICT], some_data),
+        '413': _error('Body over [server] max_body_bytes.', [EC_TOO_LARGE], some_data),
+        '422': _error('Well-formed but invalid fields; data.fields says why for each.',
+                      [EC_VALIDATION], _closed({'fields': {
+                          'type': 'object', 'additionalProperties': string}})),
+        '429': _error('Too many failed logins from this address; retry after Retry-After '
+                      'seconds.', [EC_THROTTLED], _closed({'retryAfter': count}),
+                      header='Retry-After'),
+        '503': _error('The database cannot be read.', [EC_INTERNAL],
+                      _closed({'status': {'const': 'unavailable'}, 'version': string,
+                               'db': {'const': 'error'}})),
+    }
+
+    def query_param(name, schema, about):
+        return {'name': name, 'in': 'query', 'required': False, 'schema': schema,
+                'description': about}
+
+    def path_param(name, schema):
+        return {'name': name, 'in': 'path', 'required': True, 'schema': schema}
+
+    client_id = query_param('clientId', public_id, "Admin: act on that client's resources "
+                            '(a list without it shows every client\'s). App: only its own id.')
+    page = [query_param('limit', {'type': 'integer', 'minimum': 1, 'maximum': 100,
+                                  'default': 20}, 'Items per page.'),
+            query_param('cursor', {'type': 'string', 'minLength': 1},
+                        'The nextCursor of the previous page (opaque).')]
+    force = query_param('force', {'type': 'string', 'enum': ['true', 'false'],
+                                  'default': 'false'},
+                        'true: also delete what it owns, ending live streams.')
+    token_id = path_param('tokenId', {'type': 'string', 'minLength': 1})
+    user = path_param('userId', user_id)
+    channel = path_param('channelId', public_id)
+    limits = _closed({'limits': _closed({name: limit for name in LIMIT_COLUMNS},
+                                        optional=tuple(LIMIT_COLUMNS))}, optional=('limits',))
+    metadata = {'type': 'object', 'description': 'At most 4096 bytes as JSON.'}
+    fields = {'name': name, 'description': description, 'metadata': metadata,
+              'enabled': {'type': 'boolean'}}
+    hook_form = {'type': 'object', 'required': ['call', 'name'],
+                 'additionalProperties': string,  # nginx-rtmp adds the stream's query args
+                 'properties': {
+                     'call': {'type': 'string', 'description': 'acted on: %s; others are '
+                              'acknowledged and ignored' % ', '.join(NGINX_CALLS)},
+                     'name': {'type': 'string', 'description': 'the stream name: a channel id'},
+                     'key': {'type': 'string', 'description': 'the stream key'},
+                     'addr': string, 'clientid': string, 'app': string}}
+    paths = {}
+
+    def route(method, path, handler, summary, answers, errors='', parameters=(), body=None,
+              admin=False, public=False, media='application/json'):
+        answers = dict(answers)
+        for code in sorted(errors.split() + ([] if public else ['400', '401', '429'])
+                           + (['403'] if admin else [])):
+            answers[code] = {'$ref': '#/components/responses/' + code}
+        operation = {'operationId': handler.__name__, 'summary': summary, 'responses': answers}
+        if admin:
+            operation['description'] = 'Admin role only: an app client gets 403.'
+        if public:
+            operation['security'] = []
+        if parameters:
+            operation['parameters'] = list(parameters)
+        if body:
+            operation['requestBody'] = {'required': True, 'content': {media: {'schema': body}}}
+        paths.setdefault(path, {})[method.lower()] = operation
+
+    route('POST', '/v1/clients', create_client, 'Create an API client (secret shown once)',
+          {'201': _success('The client with its tokenSecret', ref('ClientWithSecret'))},
+          '413 422', body=_closed({'name': name, 'role': {'enum': ['app', 'admin'],
+                                                          'default': 'app'}},
+                                  optional=('role',)), admin=True)
+    route('GET', '/v1/clients', list_clients, 'List API clients, newest first',
+          {'200': _success('A page of clients', _list_of(ref('Client')))}, parameters=page,
+          admin=True)
+    route('POST', '/v1/clients/{tokenId}/rotate', rotate_client, "Replace a client's secret",
+          {'200': _success('The client with its new tokenSecret', ref('ClientWithSecret'))},
+          '404 409', [token_id], admin=True)
+    route('DELETE', '/v1/clients/{tokenId}', delete_client, 'Delete a client (409 while it '
+          'owns users, unless force)', {'204': _success('Deleted')}, '404 409',
+          [token_id, force], admin=True)
+    the_user = {'200': _success('The user', ref('User'))}
+    route('PUT', '/v1/users/{userId}', put_user, "Create or replace a user's limits (left out: "
+          'the configured defaults)', dict(the_user, **{'201': _success(
+              'The user, created', ref('User'))}), '404 413 422', [user, client_id], limits)
+    route('PATCH', '/v1/users/{userId}', patch_user, 'Change the limits named', the_user,
+          '404 413 422', [user, client_id], limits)
+    route('GET', '/v1/users/{userId}', get_user, 'A user', the_user, '404', [user, client_id])
+    route('GET', '/v1/users', list_users, 'List users, newest first',
+          {'200': _success('A page of users', _list_of(ref('User')))}, '404',
+          page + [client_id])
+    route('DELETE', '/v1/users/{userId}', delete_user, 'Delete a user (409 while it has '
+          'channels, unless force)', {'204': _success('Deleted')}, '404 409',
+          [user, client_id, force])
+    the_channel = {'200': _success('The channel', ref('Channel'))}
+    route('POST', '/v1/channels', create_channel, 'Create a channel (and its user, with the '
+          'default limits, if new)', {'201': _success('The channel', ref('Channel'))},
+          '403 404 413 422', [client_id], _closed(
+              {'userId': user_id, 'name': name, 'description': description,
+               'metadata': metadata}, optional=('description', 'metadata')))
+    route('GET', '/v1/channels', list_channels, 'List channels, newest first',
+          {'200': _success('A page of channels', _list_of(ref('Channel')))}, '404', page + [
+              client_id, query_param('userId', user_id, "Only this user's channels."),
+              query_param('status', status, 'Only channels in this status.'),
+              query_param('q', {'type': 'string', 'maxLength': 200}, 'Name contains this.')])
+    route('GET', '/v1/channels/{channelId}', get_channel, 'A channel', the_channel, '404',
+          [channel])
+    route('PUT', '/v1/channels/{channelId}', put_channel, "Replace a channel's fields (left "
+          'out: description "", metadata {}, enabled true)', the_channel, '404 413 422',
+          [channel], _closed(fields, optional=('description', 'metadata', 'enabled')))
+    route('PATCH', '/v1/channels/{channelId}', patch_channel, 'Change the fields given',
+          the_channel, '404 413 422', [channel], _closed(fields, optional=tuple(fields)))
+    route('DELETE', '/v1/channels/{channelId}', delete_channel, 'Delete a channel (ending '
+          'its live stream)', {'204': _success('Deleted')}, '404', [channel])
+    route('POST', '/v1/channels/{channelId}/rotate-key', rotate_key, 'A new stream key; the '
+          'old one is refused and its live stream ended', the_channel, '404', [channel])
+    route('GET', '/v1/channels/{channelId}/stats', channel_stats, "A channel's statistics",
+          {'200': _success('Its statistics', ref('ChannelStats'))}, '404', [channel])
+    route('GET', '/v1/channels/{channelId}/sessions', list_sessions, "A channel's "
+          'broadcasts, newest first',
+          {'200': _success('A page of sessions', _list_of(ref('Session')))}, '404',
+          [channel] + page)
+    route('GET', '/v1/stats', system_stats, "Totals of the caller's resources; for an admin, "
+          "of every client's, plus system", {'200': _success('The totals', ref('Stats'))})
+    route('GET', '/v1/health', health, 'Whether the service and its database answer',
+          {'200': _success('Healthy', ref('Health'))}, '503', public=True)
+    route('GET', '/v1/openapi.json', openapi, 'This document (not an envelope)', {'200': {
+        'description': 'An OpenAPI 3.1 document', 'content': _json(
+            {'type': 'object', 'required': ['openapi', 'info', 'paths']})}}, public=True)
+    route('POST', '/v1/hooks/nginx-rtmp', nginx_rtmp_hook, 'nginx-rtmp notify calls: 2xx '
+          'allows, 403 refuses (or drops the stream)', {'200': _success(
+              'Allowed or acknowledged', {'anyOf': [
+                  _closed({'allowed': {'const': True}}), _closed({'ended': {'type': 'boolean'}}),
+                  _closed({'ignored': string})]})},
+          '400 403 413', [{'name': 'secret', 'in': 'query', 'required': True,
+                           'schema': {'type': 'string', 'minLength': 1},
+                           'description': '[ingest] hook_secret; anything else gets 403'}],
+          hook_form, public=True, media='application/x-www-form-urlencoded')
+    return {
+        'openapi': '3.1.0',
+        'info': {'title': 'Livestream API', 'version': __version__, 'description': (
+            'Control plane for an RTMP ingest server. Every JSON body is an envelope: '
+            '{"ec": 0, "data": ...} on success, {"ec", "msg", "data"} on error, with ec 1 bad '
+            'request, 2 validation, 3 unauthorized, 4 forbidden, 5 limit exceeded, 6 not found, '
+            '7 method not allowed, 8 too large, 9 throttled, 10 conflict, 99 internal. A method '
+            'a path does not list answers 405 with Allow. HTTP Basic with a token id and '
+            'secret; role admin may do everything (routes under /v1/clients are admin only), '
+            'role app sees only the users and channels it created (others answer 404). '
+            'Unknown JSON fields are rejected with 422.')},
+        'security': [{'basic': []}],
+        'paths': paths,
+        'components': {
+            'securitySchemes': {'basic': {'type': 'http', 'scheme': 'basic',
+                                          'description': 'token id : token secret'}},
+            'schemas': schemas, 'responses': responses},
+    }
+
+
+@functools.lru_cache(maxsize=None)
+def _openapi_json():
+    return json.dumps(openapi_document(), separators=(',', ':')).encode('utf-8')
+
+
+def openapi():
+    """GET /v1/openapi.json: the OpenAPI document (public), serialized once per process."""
+    bottle.response.content_type = 'application/json'
+    return _openapi_json()
 
 
 ###############################################################################
@@ -1587,6 +1906,7 @@ ROUTES = [
     ('GET', '/v1/channels/<channel_id>/sessions', list_sessions),
     ('GET', '/v1/stats', system_stats),
     ('GET', '/v1/health', health),
+    ('GET', '/v1/openapi.json', openapi),
     ('POST', '/v1/hooks/nginx-rtmp', nginx_rtmp_hook),
 ]
 
@@ -1669,8 +1989,11 @@ def serve(config, environ, drain_seconds=10):
     app = create_app(config)
     bootstrap_admin(app, environ)
     server_config = config['server']
+    # Our own socket map: create_server returns a single TcpWSGIServer (which has
+    # no .map) for one listen address, a MultiSocketServer for several.
+    socket_map = {}
     server = waitress.server.create_server(
-        AccessLog(app), host=server_config['host'], port=server_config['port'],
+        AccessLog(app), map=socket_map, host=server_config['host'], port=server_config['port'],
         threads=server_config['threads'], ident='livestream-api',
         max_request_body_size=waitress_body_limit(server_config['max_body_bytes']))
     # Under load waitress warns of its task queue depth on every request.
@@ -1680,11 +2003,11 @@ def serve(config, environ, drain_seconds=10):
         signal.signal(signum, lambda *_: stopping.set())
     server.print_listen('livestream-api %s serving on http://{}:{}' % __version__)
     sys.stdout.flush()
-    listeners = [item for item in server.map.values()
+    listeners = [item for item in socket_map.values()
                  if isinstance(item, waitress.server.BaseWSGIServer)]
     deadline = None
     while True:
-        server.asyncore.loop(timeout=0.2, map=server.map, count=1)
+        server.asyncore.loop(timeout=0.2, map=socket_map, count=1)
         if not stopping.is_set():
             continue
         if deadline is None:
@@ -1695,10 +2018,10 @@ def serve(config, environ, drain_seconds=10):
         dispatcher = server.task_dispatcher
         busy = dispatcher.active_count or dispatcher.queue or any(
             getattr(channel, 'requests', None) or getattr(channel, 'total_outbufs_len', 0)
-            for channel in list(server.map.values()))
+            for channel in list(socket_map.values()))
         if not busy or time.monotonic() > deadline:
             break
-    server.close()
+    server.asyncore.close_all(socket_map)
     app.livestream.store.close()
     log.info('stopped')
 
@@ -1727,6 +2050,9 @@ events {{
 }}
 
 rtmp {{
+    # nginx-rtmp's own access log would write each stream's arguments (the key).
+    access_log off;
+
     server {{
         listen {rtmp_port};
         chunk_size 4096;
@@ -1752,11 +2078,11 @@ rtmp {{
 
 http {{
     access_log off;
-    client_body_temp_path {prefix}/tmp/body;
-    proxy_temp_path {prefix}/tmp/proxy;
-    fastcgi_temp_path {prefix}/tmp/fastcgi;
-    uwsgi_temp_path {prefix}/tmp/uwsgi;
-    scgi_temp_path {prefix}/tmp/scgi;
+    client_body_temp_path {prefix}/client_body_temp;
+    proxy_temp_path {prefix}/proxy_temp;
+    fastcgi_temp_path {prefix}/fastcgi_temp;
+    uwsgi_temp_path {prefix}/uwsgi_temp;
+    scgi_temp_path {prefix}/scgi_temp;
 
     server {{
         listen {http_host}:{http_port};
@@ -1852,7 +2178,7 @@ def main(argv=None, environ=None):
         print('livestream-api: configuration error: %s' % error, file=sys.stderr)
         return 2
     except (sqlite3.Error, OSError) as error:
-        print('livestream-api: cannot use the database %s: %s'
+        print('livestream-api: cannot start on database %s: %s'
               % (config['database']['path'], error), file=sys.stderr)
         return 1
     store = app.livestream.store

@@ -1,0 +1,162 @@
+"""Configuration: defaults, file and environment overrides, and start-up errors."""
+
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import livestream_api
+from livestream_api import ConfigError, load_config
+
+REPO = Path(livestream_api.__file__).resolve().parent
+
+
+def write_ini(path, text):
+    path.write_text(text, encoding='utf-8')
+    return str(path)
+
+
+def test_defaults_run_without_a_file():
+    config = load_config(environ={})
+    assert config['server']['host'] == '127.0.0.1'
+    assert config['server']['port'] == 8080
+    assert config['database']['path'] == 'livestream.db'
+    assert config['server']['max_body_bytes'] == 1024 * 1024
+
+
+def test_file_overrides_defaults(tmp_path):
+    path = write_ini(tmp_path / 'c.ini', '[server]\nport = 9000\nthreads = 3\n'
+                                         '[database]\npath = /tmp/other.db\n')
+    config = load_config(path, environ={})
+    assert config['server']['port'] == 9000
+    assert config['server']['threads'] == 3
+    assert config['database']['path'] == '/tmp/other.db'
+    assert config['server']['host'] == '127.0.0.1'
+
+
+def test_environment_overrides_file(tmp_path):
+    path = write_ini(tmp_path / 'c.ini', '[server]\nport = 9000\n')
+    config = load_config(path, environ={'LIVESTREAM_SERVER_PORT': '9100',
+                                        'LIVESTREAM_DATABASE_PATH': 'env.db'})
+    assert config['server']['port'] == 9100
+    assert config['database']['path'] == 'env.db'
+
+
+def test_overrides_beat_environment():
+    config = load_config(environ={'LIVESTREAM_SERVER_PORT': '9100'},
+                         overrides={'server': {'port': '9200'}})
+    assert config['server']['port'] == 9200
+
+
+def test_example_config_file_loads_to_the_defaults():
+    assert load_config(str(REPO / 'config.example.ini'), environ={}) == load_config(environ={})
+
+
+def test_unknown_key_in_file_names_the_key(tmp_path):
+    path = write_ini(tmp_path / 'c.ini', '[server]\nprot = 9000\n')
+    with pytest.raises(ConfigError, match='prot'):
+        load_config(path, environ={})
+
+
+def test_unknown_section_in_file_names_the_section(tmp_path):
+    path = write_ini(tmp_path / 'c.ini', '[sever]\nport = 9000\n')
+    with pytest.raises(ConfigError, match='sever'):
+        load_config(path, environ={})
+
+
+def test_unknown_key_in_environment_names_the_variable():
+    with pytest.raises(ConfigError, match='LIVESTREAM_SERVER_PROT'):
+        load_config(environ={'LIVESTREAM_SERVER_PROT': '9000'})
+
+
+def test_bad_value_in_file_names_the_key(tmp_path):
+    path = write_ini(tmp_path / 'c.ini', '[server]\nthreads = 0\n')
+    with pytest.raises(ConfigError, match='threads'):
+        load_config(path, environ={})
+
+
+def test_bad_value_in_environment_names_the_key():
+    with pytest.raises(ConfigError, match='port'):
+        load_config(environ={'LIVESTREAM_SERVER_PORT': 'eighty'})
+
+
+def test_missing_file_names_the_file(tmp_path):
+    missing = str(tmp_path / 'nowhere.ini')
+    with pytest.raises(ConfigError, match='nowhere.ini'):
+        load_config(missing, environ={})
+
+
+# The command line: configuration errors stop `serve` with status 2 -----------
+
+@pytest.fixture
+def run_main(tmp_path):
+    """main(argv, environ) with an alarm, so a serve that wrongly starts fails
+    the test instead of hanging it."""
+    def timed_out(*_):
+        raise TimeoutError('livestream-api serve started instead of failing')
+
+    def run(argv, environ):
+        previous = {signum: signal.getsignal(signum)
+                    for signum in (signal.SIGALRM, signal.SIGTERM, signal.SIGINT)}
+        signal.signal(signal.SIGALRM, timed_out)
+        signal.alarm(20)
+        try:
+            return livestream_api.main(argv, environ=environ)
+        finally:
+            signal.alarm(0)
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
+    return run
+
+
+def serve_args(tmp_path, *extra):
+    return ['serve', '--host', '127.0.0.1', '--port', '0', '--db', str(tmp_path / 'x.db')] \
+        + list(extra)
+
+
+def test_cli_unknown_key_exits_2_naming_it(tmp_path, run_main, capsys):
+    status = run_main(serve_args(tmp_path), {'LIVESTREAM_SERVER_PROT': '1'})
+    assert status == 2
+    assert 'LIVESTREAM_SERVER_PROT' in capsys.readouterr().err
+
+
+def test_cli_unknown_key_in_file_exits_2_naming_it(tmp_path, run_main, capsys):
+    path = write_ini(tmp_path / 'c.ini', '[ingest]\nhls = http://x\n')
+    status = run_main(serve_args(tmp_path, '--config', path), {})
+    assert status == 2
+    assert "'hls'" in capsys.readouterr().err
+
+
+def test_cli_bad_value_exits_2_naming_the_key(tmp_path, run_main, capsys):
+    status = run_main(serve_args(tmp_path), {'LIVESTREAM_SERVER_MAX_BODY_BYTES': 'lots'})
+    assert status == 2
+    assert 'max_body_bytes' in capsys.readouterr().err
+
+
+def test_cli_bad_port_flag_exits_2_naming_port(tmp_path, run_main, capsys):
+    status = run_main(['serve', '--port', '99999', '--db', str(tmp_path / 'x.db')], {})
+    assert status == 2
+    assert 'port' in capsys.readouterr().err
+
+
+def test_cli_missing_config_file_exits_2_naming_it(tmp_path, run_main, capsys):
+    missing = str(tmp_path / 'absent.ini')
+    status = run_main(serve_args(tmp_path, '--config', missing), {})
+    assert status == 2
+    assert missing in capsys.readouterr().err
+
+
+def test_cli_config_error_creates_no_database(tmp_path, run_main, capsys):
+    status = run_main(['serve', '--db', str(tmp_path / 'x.db')], {'LIVESTREAM_SERVER_PORT': 'x'})
+    assert status == 2
+    assert not (tmp_path / 'x.db').exists()
+
+
+def test_python_dash_m_help_works():
+    result = subprocess.run([sys.executable, '-m', 'livestream_api', '--help'], cwd=REPO,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    for command in ('serve', 'init-db', 'client'):
+        assert command in result.stdout
