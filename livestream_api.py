@@ -587,7 +587,8 @@ class Store:
         where = 'AND c.client_id = ?' if client_pk else ''
         live = self.db.execute(
             'SELECT coalesce(sum(s.bitrate_kbps), 0) AS bitrate_kbps, '
-            'coalesce(sum(? - s.started_at), 0) AS seconds FROM channels c '
+            'coalesce(sum(? - s.started_at), 0) AS seconds, '
+            'coalesce(sum(s.bytes_in), 0) AS bytes_in FROM channels c '
             'JOIN sessions s ON s.id = c.live_session_id WHERE c.live_session_id IS NOT NULL '
             + where, (time.time() if now is None else now,) + args).fetchone()
         return totals, live
@@ -799,8 +800,9 @@ def is_admin(client):
 # Validation ###################################################################
 ###############################################################################
 
-USER_ID = re.compile(r'^[A-Za-z0-9_.-]{1,64}$')
-PUBLIC_ID = re.compile(r'^[a-z2-7]{16}$')
+#: `\Z`, not `$`, which would also match before a trailing newline ("alice\n").
+USER_ID = re.compile(r'^[A-Za-z0-9_.-]{1,64}\Z')
+PUBLIC_ID = re.compile(r'^[a-z2-7]{16}\Z')
 CONTROL_CHARS = re.compile(r'[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]')
 
 
@@ -850,17 +852,18 @@ def check_text(value, longest, shortest=0, strip=False):
     """A string of bounded length with no control characters; the reason otherwise."""
     if not isinstance(value, str):
         return None, 'must be a string'
-    if strip:
-        value = value.strip()
-    if not shortest <= len(value) <= longest:
+    # The longest length and the control characters apply to what was sent: stripping
+    # removes surrounding spaces, not an over-long or control-laden value.
+    clean = value.strip() if strip else value
+    if not (shortest <= len(clean) and len(value) <= longest):
         return None, 'must be %d to %d characters' % (shortest, longest)
-    if CONTROL_CHARS.search(value if not strip else value.replace('\t', ' ')):
+    if CONTROL_CHARS.search(value):
         return None, 'must not contain control characters'
     try:
         value.encode('utf-8')
     except UnicodeEncodeError:
         return None, 'must be valid Unicode text (a lone surrogate \\uD800-\\uDFFF is not)'
-    return value, None
+    return clean, None
 
 
 def check_channel_field(name, value):
@@ -941,7 +944,7 @@ def page_params(extra=()):
     """(query, after, limit) for a list: `limit` 1-100, an opaque `cursor`."""
     params = query({'limit', 'cursor'} | set(extra))
     limit = params.get('limit', '20')
-    if not re.match(r'^[0-9]{1,3}$', limit) or not 1 <= int(limit) <= 100:
+    if not re.match(r'^[0-9]{1,3}\Z', limit) or not 1 <= int(limit) <= 100:
         raise bad_request('limit must be an integer from 1 to 100')
     after = 2 ** 63 - 1
     if 'cursor' in params:
@@ -1080,27 +1083,52 @@ class IngestStats:
         self.url, self.timeout, self.max_age, self.clock = url, timeout, max_age, clock
         self._lock = threading.Lock()
         self._snapshot = None
+        self._fetching, self._fetch_started = None, None
 
     def snapshot(self):
-        """{url, reachable, streams: {name: metrics}}; reachable False on any failure."""
+        """{url, reachable, streams: {name: metrics}}; reachable False on any failure
+        and while the stat URL has not answered within `timeout`. The fetch runs in
+        a background thread, one at a time: a URL that trickles or hangs (which a
+        socket timeout alone does not bound) costs a caller at most `timeout`."""
         if not self.url:
             return {'url': None, 'reachable': False, 'streams': {}}
         snapshot = self._snapshot
         if snapshot and self.clock() - snapshot['at'] < self.max_age:
             return snapshot
         with self._lock:
-            snapshot = self._snapshot
-            if snapshot and self.clock() - snapshot['at'] < self.max_age:
-                return snapshot
-            try:
-                with urllib.request.urlopen(self.url, timeout=self.timeout) as answer:
-                    streams, reachable = parse_rtmp_stat(answer.read(8 * 1024 * 1024)), True
-            except (OSError, ValueError, ElementTree.ParseError) as error:
-                log.warning('ingest statistics unavailable from %s: %s', self.url, error)
-                streams, reachable = {}, False
-            self._snapshot = {'url': self.url, 'reachable': reachable, 'streams': streams,
-                              'at': self.clock()}
-            return self._snapshot
+            if self._fetching is None:
+                self._fetch_started = self.clock()
+                self._fetching = threading.Thread(target=self._fetch, name='ingest-stat',
+                                                  daemon=True)
+                self._fetching.start()
+            fetching, started = self._fetching, self._fetch_started
+        fetching.join(max(0.0, started + self.timeout - self.clock()))
+        snapshot = self._snapshot
+        if snapshot and snapshot['at'] >= started:
+            return snapshot
+        return {'url': self.url, 'reachable': False, 'streams': {}, 'at': started}
+
+    def _fetch(self):
+        """Fetch and parse the stat XML (at most 8 MiB, within 10 timeouts in all)."""
+        deadline = self.clock() + 10 * self.timeout
+        try:
+            with urllib.request.urlopen(self.url, timeout=self.timeout) as answer:
+                body = b''
+                while len(body) < 8 * 1024 * 1024:
+                    chunk = answer.read(64 * 1024)
+                    if not chunk:
+                        break
+                    body += chunk
+                    if self.clock() > deadline:
+                        raise TimeoutError('the answer took over %g s' % (10 * self.timeout))
+            streams, reachable = parse_rtmp_stat(body), True
+        except Exception as error:  # a background fetch: any failure means unreachable
+            log.warning('ingest statistics unavailable from %s: %s', self.url, error)
+            streams, reachable = {}, False
+        self._snapshot = {'url': self.url, 'reachable': reachable, 'streams': streams,
+                          'at': self.clock()}
+        with self._lock:
+            self._fetching = None
 
 
 ###############################################################################
@@ -1277,7 +1305,8 @@ def delete_user(user_id):
     """DELETE /v1/users/{userId}: refused while it has channels, unless ?force=true."""
     params = query({'clientId', 'force'})
     user = _existing_user(user_id, params)
-    if user['channels'] and not force_param(params):
+    force = force_param(params)
+    if user['channels'] and not force:
         raise ApiError(409, EC_CONFLICT, 'user still has %d channels; delete them first or '
                        'pass ?force=true' % user['channels'], {'channels': user['channels']})
     svc = service()
@@ -1327,7 +1356,9 @@ def list_channels():
     q = params.getunicode('q')
     if q is not None and len(q) > 200:
         raise bad_request('q must be at most 200 characters')
-    user_id = params.getunicode('userId')
+    user_id = params.get('userId')
+    if user_id is not None and not USER_ID.match(user_id):
+        raise bad_request('userId must be 1-64 characters of A-Z a-z 0-9 _ . -')
     svc = service()
     svc.end_stale_sessions()
     rows, total = svc.store.list_channels(owner(params, for_list=True), user_id, status, q,
@@ -1428,7 +1459,7 @@ def system_stats():
              'liveChannels': totals['live_channels'],
              'bitrateKbpsIn': round(live['bitrate_kbps'], 1), 'sessions': totals['sessions'],
              'liveSeconds': round(totals['live_seconds'] + live['seconds']),
-             'bytesIn': totals['bytes_in']}
+             'bytesIn': totals['bytes_in'] + live['bytes_in']}
     if admin:
         ingest = svc.ingest.snapshot()
         stats['system'] = {
@@ -1751,14 +1782,16 @@ def openapi_document():
     metadata = {'type': 'object', 'description': 'At most 4096 bytes as JSON.'}
     fields = {'name': name, 'description': description, 'metadata': metadata,
               'enabled': {'type': 'boolean'}}
-    hook_form = {'type': 'object', 'required': ['call', 'name'],
-                 'additionalProperties': string,  # nginx-rtmp adds the stream's query args
-                 'properties': {
-                     'call': {'type': 'string', 'description': 'acted on: %s; others are '
-                              'acknowledged and ignored' % ', '.join(NGINX_CALLS)},
-                     'name': {'type': 'string', 'description': 'the stream name: a channel id'},
-                     'key': {'type': 'string', 'description': 'the stream key'},
-                     'addr': string, 'clientid': string, 'app': string}}
+    hook_form = {
+        'type': 'object', 'additionalProperties': string,  # and the stream's query arguments
+        'properties': {'call': {'type': 'string'}, 'name': string, 'key': string,
+                       'addr': string, 'clientid': string, 'app': string},
+        'anyOf': [{'required': ['call', 'name'], 'properties': {
+                      'call': {'enum': list(NGINX_CALLS)},
+                      'name': dict(public_id, description='the stream name: a channel id')}},
+                  {'required': ['call'], 'properties': {
+                      'call': {'enum': list(NGINX_OTHER_CALLS),
+                               'description': 'acknowledged, not acted on'}}}]}
     paths = {}
 
     def route(method, path, handler, summary, answers, errors='', parameters=(), body=None,
@@ -1849,6 +1882,16 @@ def openapi_document():
                            'schema': {'type': 'string', 'minLength': 1},
                            'description': '[ingest] hook_secret; anything else gets 403'}],
           hook_form, public=True, media='application/x-www-form-urlencoded')
+    for path, method, parameter, field, handlers in (
+            ('/v1/clients', 'post', 'tokenId', 'tokenId', (rotate_client, delete_client)),
+            ('/v1/users/{userId}', 'put', 'userId', 'userId', (get_user, patch_user, delete_user)),
+            ('/v1/channels', 'post', 'channelId', 'id', (
+                get_channel, put_channel, patch_channel, delete_channel, rotate_key,
+                channel_stats, list_sessions))):
+        paths[path][method]['responses']['201']['links'] = {
+            handler.__name__: {'operationId': handler.__name__,
+                               'parameters': {parameter: '$response.body#/data/' + field}}
+            for handler in handlers}
     return {
         'openapi': '3.1.0',
         'info': {'title': 'Livestream API', 'version': __version__, 'description': (
@@ -1985,6 +2028,7 @@ def waitress_body_limit(max_body_bytes):
 def serve(config, environ, drain_seconds=10):
     """Serve until SIGTERM or SIGINT; then stop accepting, let requests in flight
     finish (up to drain_seconds), checkpoint the database and return."""
+    import waitress.channel
     import waitress.server
     app = create_app(config)
     bootstrap_admin(app, environ)
@@ -2014,12 +2058,19 @@ def serve(config, environ, drain_seconds=10):
             log.info('stopping: no new connections; finishing requests in flight')
             deadline = time.monotonic() + drain_seconds
             for listener in listeners:
-                listener.close()
-        dispatcher = server.task_dispatcher
-        busy = dispatcher.active_count or dispatcher.queue or any(
-            getattr(channel, 'requests', None) or getattr(channel, 'total_outbufs_len', 0)
-            for channel in list(socket_map.values()))
-        if not busy or time.monotonic() > deadline:
+                # The dispatcher's close, not the server's: that one also closes the
+                # trigger by which a worker wakes this loop to send its response.
+                server.asyncore.dispatcher.close(listener)
+        # A connection with no request in progress (an idle keep-alive one, or one
+        # whose response is written) is closed once flushed, so a client that keeps
+        # sending cannot hold the drain open; one in progress finishes first.
+        channels = [item for item in list(socket_map.values())
+                    if isinstance(item, waitress.channel.HTTPChannel)]
+        for channel in channels:
+            with channel.requests_lock:
+                if not channel.requests:
+                    channel.close_when_flushed = True
+        if not channels or time.monotonic() > deadline:
             break
     server.asyncore.close_all(socket_map)
     app.livestream.store.close()
@@ -2060,6 +2111,8 @@ rtmp {{
         application {app} {{
             live on;
             record off;
+            # An encoder that stalls without closing its connection is dropped.
+            drop_idle_publisher 10s;
             hls on;
             hls_path {prefix}/hls;
             hls_fragment 2s;

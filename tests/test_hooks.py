@@ -1,0 +1,534 @@
+"""The nginx-rtmp notify hook: who may go live, when a stream is dropped, how a
+session ends. Driven with nginx-shaped form posts (the `hook` fixture); live
+metrics come from a real local HTTP server serving nginx-rtmp /stat XML."""
+
+import copy
+import http.server
+import pathlib
+import threading
+import time
+import urllib.parse
+from xml.etree import ElementTree
+
+import pytest
+import webtest
+
+#: nginx-rtmp 1.1.4's `rtmp_stat all` while ffmpeg published (one viewer, one
+#: publisher); its stream is renamed per test by stat_xml().
+STAT_SAMPLE = pathlib.Path(__file__).parent / 'data' / 'rtmp_stat.xml'
+
+
+def stat_xml(*streams):
+    """The captured /stat XML with one <stream> per dict: name, bw_in (bit/s),
+    bytes_in, viewers, and nginx's own meta names under video / audio."""
+    root = ElementTree.parse(STAT_SAMPLE).getroot()
+    live = root.find('server/application/live')
+    sample = live.find('stream')
+    live.remove(sample)
+    viewer = next(client for client in sample.findall('client')
+                  if client.find('publishing') is None)
+    sample.remove(viewer)
+    for number, spec in enumerate(streams):
+        stream = copy.deepcopy(sample)
+        stream.find('name').text = spec['name']
+        stream.find('bw_in').text = str(spec.get('bw_in', 0))
+        stream.find('bytes_in').text = str(spec.get('bytes_in', 0))
+        for index in range(spec.get('viewers', 0)):
+            client = copy.deepcopy(viewer)
+            client.find('id').text = str(100 * (number + 1) + index)
+            stream.insert(list(stream).index(stream.find('client')), client)
+        for part in ('video', 'audio'):
+            for field, value in spec.get(part, {}).items():
+                stream.find('meta/%s/%s' % (part, field)).text = str(value)
+        stream.find('nclients').text = str(spec.get('viewers', 0) + 1)
+        live.insert(list(live).index(live.find('nclients')), stream)
+    live.find('nclients').text = str(sum(spec.get('viewers', 0) + 1 for spec in streams))
+    return ElementTree.tostring(root, encoding='utf-8', xml_declaration=True)
+
+
+class StatServer:
+    """A real HTTP server on 127.0.0.1 answering GET /stat with the XML set by serve()."""
+
+    def __init__(self):
+        self.xml = stat_xml()
+        server = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):
+                body = server.xml if self.path == '/stat' else b'not found'
+                self.send_response(200 if self.path == '/stat' else 404)
+                self.send_header('Content-Type', 'text/xml')
+                self.send_header('Content-Length', str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args):
+                pass
+
+        self.httpd = http.server.ThreadingHTTPServer(('127.0.0.1', 0), Handler)
+        self.url = 'http://127.0.0.1:%d/stat' % self.httpd.server_port
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread.start()
+
+    def serve(self, *streams):
+        self.xml = stat_xml(*streams)
+
+    def close(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+        self.thread.join(5)
+
+
+@pytest.fixture
+def stat_server():
+    server = StatServer()
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def app(make_app, stat_server):
+    """The app, reading ingest statistics from the fake /stat server."""
+    app = make_app(ingest={'stat_url': stat_server.url})[1]
+    # IngestStats keeps a snapshot for 1 s of real (monotonic) time, not of the
+    # test clock: tests change the XML between hooks milliseconds apart.
+    app.livestream.ingest.max_age = 0
+    return app
+
+
+@pytest.fixture
+def interval(app):
+    return app.livestream.config['ingest']['update_interval']
+
+
+def iso(timestamp):
+    return time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime(timestamp))
+
+
+def make_channel(client, user_id='streamer', **limits):
+    """A new channel of `user_id`, whose limits are first set to `limits` if any."""
+    if limits:
+        client.put_json('/v1/users/' + user_id, {'limits': limits})
+    return client.post_json('/v1/channels', {'userId': user_id, 'name': 'my channel'}).json['data']
+
+
+def stream_args(channel):
+    """(name, key) as nginx-rtmp gets them when OBS publishes streamUrl/streamId."""
+    name, args = channel['streamId'].split('?', 1)
+    return name, urllib.parse.parse_qs(args)['key'][0]
+
+
+def publish(hook, channel, clientid='1', key=None):
+    name, right_key = stream_args(channel)
+    return hook('publish', name, clientid=clientid, type='live',
+                key=right_key if key is None else key)
+
+
+def update(hook, channel, clientid='1'):
+    name, key = stream_args(channel)
+    return hook('update_publish', name, clientid=clientid, time='10', timestamp='10000', key=key)
+
+
+def publish_done(hook, channel, clientid='1'):
+    name, key = stream_args(channel)
+    return hook('publish_done', name, clientid=clientid, key=key)
+
+
+def get(client, channel):
+    return client.get('/v1/channels/' + channel['id']).json['data']
+
+
+def sessions(client, channel):
+    return client.get('/v1/channels/%s/sessions' % channel['id']).json['data']
+
+
+def assert_refused(answer):
+    assert answer.status_int == 403, answer.text
+    assert answer.json['ec'] == 4
+
+
+# The hook secret ##############################################################
+
+@pytest.mark.parametrize('secret', [None, '', 'wrong', 'right+x', 'RIGHT'])
+def test_wrong_or_missing_secret_is_refused(app, admin, secret):
+    channel = make_channel(admin)
+    name, key = stream_args(channel)
+    real = app.livestream.hook_secret
+    url = '/v1/hooks/nginx-rtmp'
+    if secret is not None:
+        url += '?secret=' + urllib.parse.quote(
+            {'right+x': real + 'x', 'RIGHT': real.upper()}.get(secret, secret))
+    answer = webtest.TestApp(app).post(url, {'call': 'publish', 'name': name, 'key': key,
+                                             'app': 'live', 'clientid': '1'},
+                                       expect_errors=True)
+    assert_refused(answer)
+    assert answer.content_type == 'application/json'
+    assert get(admin, channel)['status'] == 'idle'
+    assert sessions(admin, channel)['total'] == 0
+
+
+# publish ######################################################################
+
+def test_publish_with_the_right_key_goes_live(admin, hook, clock):
+    channel = make_channel(admin)
+    answer = publish(hook, channel)
+    assert answer.status_int == 200
+    assert answer.json['ec'] == 0
+    live = get(admin, channel)
+    assert live['status'] == 'live'
+    assert live['liveSince'] == iso(clock.now)
+    assert [item['id'] for item in
+            admin.get('/v1/channels?status=live').json['data']['items']] == [channel['id']]
+    assert admin.get('/v1/users/streamer').json['data']['usage']['liveChannels'] == 1
+    listed = sessions(admin, channel)
+    assert listed['total'] == 1
+    assert listed['items'][0]['startedAt'] == iso(clock.now)
+    assert listed['items'][0]['endedAt'] is None
+
+
+@pytest.mark.parametrize('case', ['wrong key', 'no key', "another channel's key",
+                                  'unknown channel', 'disabled channel', 'deleted channel'])
+def test_publish_is_refused(admin, hook, case):
+    channel = make_channel(admin)
+    other = make_channel(admin)
+    name, key = stream_args(channel)
+    if case == 'wrong key':
+        key = 'f' * len(key)
+    elif case == 'no key':
+        key = ''
+    elif case == "another channel's key":
+        key = stream_args(other)[1]
+    elif case == 'unknown channel':
+        name = 'a' * len(name)
+    elif case == 'disabled channel':
+        admin.patch_json('/v1/channels/' + channel['id'], {'enabled': False})
+    elif case == 'deleted channel':
+        admin.delete('/v1/channels/' + channel['id'])
+    assert_refused(hook('publish', name, type='live', key=key))
+    if case == 'deleted channel':
+        admin.get('/v1/channels/' + channel['id'], status=404)
+    else:
+        expected = 'disabled' if case == 'disabled channel' else 'idle'
+        assert get(admin, channel)['status'] == expected
+        assert get(admin, channel)['liveSince'] is None
+        assert sessions(admin, channel)['total'] == 0
+    assert admin.get('/v1/channels?status=live').json['data']['total'] == 0
+
+
+@pytest.mark.parametrize('limit', [0, 1, 2])
+def test_max_live_channels(admin, hook, limit):
+    channels = [make_channel(admin, maxLiveChannels=limit) for _ in range(limit + 1)]
+    for number, channel in enumerate(channels[:limit]):
+        assert publish(hook, channel, clientid=str(number)).status_int == 200
+    refused = channels[limit]
+    assert_refused(publish(hook, refused, clientid='99'))
+    assert get(admin, refused)['status'] == 'idle'
+    assert admin.get('/v1/users/streamer').json['data']['usage']['liveChannels'] == limit
+    if limit:
+        assert publish_done(hook, channels[0], clientid='0').status_int == 200
+        assert publish(hook, refused, clientid='99').status_int == 200
+        assert get(admin, refused)['status'] == 'live'
+
+
+def test_max_live_channels_counts_per_user(admin, hook):
+    mine = make_channel(admin, 'alice', maxLiveChannels=1)
+    theirs = make_channel(admin, 'bob', maxLiveChannels=1)
+    assert publish(hook, mine, clientid='1').status_int == 200
+    assert publish(hook, theirs, clientid='2').status_int == 200
+
+
+def test_second_publish_from_another_connection_waits_for_staleness(admin, hook, clock,
+                                                                     interval):
+    channel = make_channel(admin)
+    assert publish(hook, channel, clientid='1').status_int == 200
+    clock.advance(interval)
+    assert update(hook, channel, clientid='1').status_int == 200
+    last_seen = clock.now
+    first_session = sessions(admin, channel)['items'][0]['id']
+
+    assert_refused(publish(hook, channel, clientid='2'))
+    clock.advance(3 * interval - 1)
+    assert_refused(publish(hook, channel, clientid='2'))
+    assert sessions(admin, channel)['items'][0]['id'] == first_session
+
+    clock.advance(2)  # now 3 intervals + 1 s after the last update: the old one is stale
+    assert publish(hook, channel, clientid='2').status_int == 200
+    live = get(admin, channel)
+    assert live['status'] == 'live'
+    assert live['liveSince'] == iso(clock.now)
+    new, old = sessions(admin, channel)['items']
+    assert old['id'] == first_session
+    assert old['endReason'] == 'stale'
+    assert old['endedAt'] == iso(last_seen)
+    assert new['endedAt'] is None
+    assert admin.get('/v1/users/streamer').json['data']['usage']['liveChannels'] == 1
+
+    # The dead connection's late calls must not touch the new session.
+    assert publish_done(hook, channel, clientid='1').status_int == 200
+    assert get(admin, channel)['status'] == 'live'
+    assert_refused(update(hook, channel, clientid='1'))
+    assert sessions(admin, channel)['items'][0]['id'] == new['id']
+    assert sessions(admin, channel)['items'][0]['endedAt'] is None
+
+
+# update_publish ###############################################################
+
+def test_update_publish_keeps_a_session_fresh(admin, hook, clock, interval):
+    channel = make_channel(admin)
+    assert publish(hook, channel).status_int == 200
+    for _ in range(4):  # 8 intervals in all: stale long ago without the updates
+        clock.advance(2 * interval)
+        answer = update(hook, channel)
+        assert answer.status_int == 200
+        assert answer.json['ec'] == 0
+        assert get(admin, channel)['status'] == 'live'
+    assert sessions(admin, channel)['total'] == 1
+
+
+@pytest.mark.parametrize('action, reason', [('disable', 'channel_disabled'),
+                                            ('rotate', 'key_rotated'),
+                                            ('delete', None)])
+def test_update_publish_drops_a_stream_the_channel_no_longer_allows(admin, hook, clock,
+                                                                   interval, action, reason):
+    channel = make_channel(admin)
+    assert publish(hook, channel).status_int == 200
+    clock.advance(interval)
+    assert update(hook, channel).status_int == 200
+    clock.advance(1)
+    if action == 'disable':
+        admin.patch_json('/v1/channels/' + channel['id'], {'enabled': False})
+    elif action == 'rotate':
+        admin.post('/v1/channels/%s/rotate-key' % channel['id'])
+    else:
+        admin.delete('/v1/channels/' + channel['id'])
+    ended_at = clock.now
+    if reason:  # ended at once, before the ingest's next call
+        ended = sessions(admin, channel)['items'][0]
+        assert ended['endReason'] == reason
+        assert ended['endedAt'] == iso(ended_at)
+    clock.advance(interval - 1)
+    assert_refused(update(hook, channel))  # the encoder still sends its old key
+    if action == 'delete':
+        admin.get('/v1/channels/' + channel['id'], status=404)
+        return
+    assert get(admin, channel)['status'] == ('disabled' if action == 'disable' else 'idle')
+    listed = sessions(admin, channel)
+    assert listed['total'] == 1
+    assert listed['items'][0]['endReason'] == reason
+    assert listed['items'][0]['endedAt'] == iso(ended_at)
+
+
+def test_a_rotated_key_publishes_again(admin, hook):
+    channel = make_channel(admin)
+    assert publish(hook, channel).status_int == 200
+    rotated = admin.post('/v1/channels/%s/rotate-key' % channel['id']).json['data']
+    assert_refused(publish(hook, channel, clientid='2'))
+    assert publish(hook, rotated, clientid='2').status_int == 200
+    assert get(admin, channel)['status'] == 'live'
+
+
+def test_update_publish_past_max_session_seconds(admin, hook, clock, interval):
+    limit = 2 * interval + interval // 2
+    channel = make_channel(admin, maxSessionSeconds=limit)
+    started = clock.now
+    assert publish(hook, channel).status_int == 200
+    while clock.now + interval - started <= limit:
+        clock.advance(interval)
+        assert update(hook, channel).status_int == 200
+    clock.advance(interval)
+    assert clock.now - started > limit
+    assert_refused(update(hook, channel))
+    assert get(admin, channel)['status'] == 'idle'
+    ended = sessions(admin, channel)['items'][0]
+    assert ended['endReason'] == 'max_session_seconds'
+    assert ended['endedAt'] == iso(clock.now)
+    assert ended['durationSeconds'] == round(clock.now - started)
+    clock.advance(interval)
+    assert_refused(update(hook, channel))  # no resuming a session ended for a limit
+    assert sessions(admin, channel)['total'] == 1
+
+
+def test_update_publish_over_max_bitrate(admin, hook, clock, interval, stat_server):
+    limit = 2500
+    channel = make_channel(admin, maxBitrateKbps=limit)
+    assert publish(hook, channel).status_int == 200
+    under, over = (limit - 500) * 1000, (limit + 500) * 1000  # bw_in is in bit/s
+    stat_server.serve({'name': channel['id'], 'bw_in': under, 'bytes_in': 10 ** 6})
+    clock.advance(interval)
+    assert update(hook, channel).status_int == 200
+    stat_server.serve({'name': channel['id'], 'bw_in': over, 'bytes_in': 2 * 10 ** 6})
+    clock.advance(interval)
+    assert_refused(update(hook, channel))
+    assert get(admin, channel)['status'] == 'idle'
+    ended = sessions(admin, channel)['items'][0]
+    assert ended['endReason'] == 'max_bitrate'
+    assert ended['peakBitrateKbps'] == over / 1000
+    assert ended['endedAt'] == iso(clock.now)
+
+
+@pytest.mark.parametrize('history', ['reaped as stale', 'never published'])
+def test_update_publish_without_an_open_session_resumes(admin, hook, clock, interval, history):
+    channel = make_channel(admin)
+    if history == 'reaped as stale':
+        assert publish(hook, channel).status_int == 200
+        clock.advance(3 * interval + 1)
+        assert get(admin, channel)['status'] == 'idle'
+    answer = update(hook, channel)
+    assert answer.status_int == 200
+    assert answer.json['ec'] == 0
+    live = get(admin, channel)
+    assert live['status'] == 'live'
+    assert live['liveSince'] == iso(clock.now)
+    listed = sessions(admin, channel)
+    assert listed['items'][0]['endedAt'] is None
+    assert listed['items'][0]['startedAt'] == iso(clock.now)
+    if history == 'reaped as stale':
+        assert listed['total'] == 2
+        assert listed['items'][1]['endReason'] == 'stale'
+    else:
+        assert listed['total'] == 1
+
+
+def test_update_publish_resumes_only_under_the_publish_rules(admin, hook):
+    channel = make_channel(admin, maxLiveChannels=1)
+    other = make_channel(admin)
+    name, key = stream_args(channel)
+    assert_refused(hook('update_publish', name, key='f' * len(key)))
+    assert get(admin, channel)['status'] == 'idle'
+    assert publish(hook, other, clientid='2').status_int == 200
+    assert_refused(update(hook, channel))  # the user is at maxLiveChannels
+    assert get(admin, channel)['status'] == 'idle'
+    assert sessions(admin, channel)['total'] == 0
+
+
+# publish_done and staleness ###################################################
+
+def test_publish_done_ends_the_session(admin, hook, clock):
+    channel = make_channel(admin)
+    started = clock.now
+    assert publish(hook, channel).status_int == 200
+    clock.advance(42)
+    answer = publish_done(hook, channel)
+    assert answer.status_int == 200
+    idle = get(admin, channel)
+    assert idle['status'] == 'idle'
+    assert idle['liveSince'] is None
+    ended = sessions(admin, channel)['items'][0]
+    assert ended['endReason'] == 'publisher_left'
+    assert ended['endedAt'] == iso(clock.now)
+    assert ended['durationSeconds'] == round(clock.now - started)
+    assert admin.get('/v1/users/streamer').json['data']['usage']['liveChannels'] == 0
+    clock.advance(1)
+    assert publish_done(hook, channel).status_int == 200  # nginx may repeat itself
+    assert sessions(admin, channel)['items'][0]['endedAt'] == ended['endedAt']
+
+
+@pytest.mark.parametrize('read', [
+    lambda client, channel: get(client, channel)['status'] == 'idle',
+    lambda client, channel: client.get('/v1/channels?status=live').json['data']['items'] == [],
+    lambda client, channel: client.get('/v1/channels/%s/stats' % channel['id'])
+    .json['data']['current'] is None,
+    lambda client, channel: sessions(client, channel)['items'][0]['endReason'] == 'stale',
+    lambda client, channel: client.get('/v1/stats').json['data']['liveChannels'] == 0,
+    lambda client, channel: client.get('/v1/users/streamer')
+    .json['data']['usage']['liveChannels'] == 0,
+], ids=['channel', 'live list', 'channel stats', 'sessions', 'stats', 'user'])
+def test_a_stale_session_is_ended_on_read(admin, hook, clock, interval, read):
+    channel = make_channel(admin)
+    assert publish(hook, channel).status_int == 200
+    clock.advance(5)
+    assert update(hook, channel).status_int == 200
+    last_seen = clock.now
+    clock.advance(3 * interval - 1)
+    assert get(admin, channel)['status'] == 'live'
+    clock.advance(2)
+    assert read(admin, channel)
+    assert get(admin, channel)['liveSince'] is None
+    ended = sessions(admin, channel)['items'][0]
+    assert ended['endReason'] == 'stale'
+    assert ended['endedAt'] == iso(last_seen)
+    assert ended['durationSeconds'] == 5
+
+
+# play and play_done ###########################################################
+
+def test_play_and_play_done_count_viewers(admin, hook):
+    channel = make_channel(admin)
+    assert publish(hook, channel).status_int == 200
+    name = channel['id']
+    for viewer in range(3):
+        assert hook('play', name, clientid=str(10 + viewer)).status_int == 200
+    assert hook('play_done', name, clientid='10').status_int == 200
+    stats = admin.get('/v1/channels/%s/stats' % name).json['data']
+    assert stats['current']['viewers'] == 2
+    for viewer in range(3):  # one more play_done than plays left: never below zero
+        assert hook('play_done', name, clientid=str(11 + viewer)).status_int == 200
+    assert admin.get('/v1/channels/%s/stats' % name).json['data']['current']['viewers'] == 0
+    assert hook('play', name, clientid='20').status_int == 200
+    assert admin.get('/v1/channels/%s/stats' % name).json['data']['current']['viewers'] == 1
+    assert sessions(admin, channel)['items'][0]['peakViewers'] == 3
+
+
+def test_play_of_an_unknown_channel_is_refused(hook):
+    assert_refused(hook('play', 'a' * 16, clientid='10'))
+
+
+# Malformed and unknown calls ##################################################
+
+def _form(**fields):
+    form = {'app': 'live', 'clientid': '1', 'addr': '127.0.0.1'}
+    form.update(fields)
+    return urllib.parse.urlencode(form)
+
+
+@pytest.mark.parametrize('body, content_type', [
+    (_form(name='aaaaaaaaaaaaaaaa'), 'application/x-www-form-urlencoded'),
+    (_form(call='', name='aaaaaaaaaaaaaaaa'), 'application/x-www-form-urlencoded'),
+    (_form(call='frobnicate', name='aaaaaaaaaaaaaaaa'), 'application/x-www-form-urlencoded'),
+    (_form(call='publish'), 'application/x-www-form-urlencoded'),
+    (_form(call='update_publish'), 'application/x-www-form-urlencoded'),
+    (_form(call='publish_done'), 'application/x-www-form-urlencoded'),
+    (_form(call='play'), 'application/x-www-form-urlencoded'),
+    (_form(call='publish', name='../../etc/passwd'), 'application/x-www-form-urlencoded'),
+    (_form(call='update_publish', name='x' * 5000), 'application/x-www-form-urlencoded'),
+    (_form(call='publish_done', name='abc?key=1'), 'application/x-www-form-urlencoded'),
+    (_form(call='play', name='\u00e9' * 16), 'application/x-www-form-urlencoded'),
+    ('call=publish&name=%ff%fe%00&key=%c3', 'application/x-www-form-urlencoded'),
+    ('call=update_publish&name&key', 'application/x-www-form-urlencoded'),
+    ('{"call": "publish", "name": "aaaaaaaaaaaaaaaa"}', 'application/json'),
+    (b'\x00\x01garbage\xff', 'application/octet-stream'),
+    ('', 'application/x-www-form-urlencoded'),
+], ids=['no call', 'empty call', 'made-up call', 'publish no name', 'update no name',
+        'done no name', 'play no name', 'path name', 'long name', 'name with args', 'unicode name',
+        'bad utf-8', 'bare fields', 'json body', 'binary body', 'empty body'])
+def test_malformed_hooks_are_refused_not_crashed(app, body, content_type):
+    answer = webtest.TestApp(app).post(
+        '/v1/hooks/nginx-rtmp?secret=' + app.livestream.hook_secret,
+        body if isinstance(body, bytes) else body.encode(),
+        content_type=content_type, expect_errors=True)
+    assert 400 <= answer.status_int < 500, answer.text
+    assert answer.json['ec'] in (1, 4)
+    assert answer.content_type == 'application/json'
+
+
+def test_an_oversized_hook_body_is_refused(app):
+    answer = webtest.TestApp(app).post(
+        '/v1/hooks/nginx-rtmp?secret=' + app.livestream.hook_secret,
+        _form(call='publish', name='a' * 16, pad='x' * app.livestream.config['server']
+              ['max_body_bytes']), content_type='application/x-www-form-urlencoded',
+        expect_errors=True)
+    assert answer.status_int == 413
+    assert answer.json['ec'] == 8
+
+
+@pytest.mark.parametrize('call', ['done', 'record_done', 'connect', 'disconnect', 'update_play'])
+def test_calls_not_acted_on_are_acknowledged_and_ignored(admin, hook, call):
+    """nginx-rtmp's other notify calls (on_done, on_record_done, ...) get a 200."""
+    channel = make_channel(admin)
+    assert publish(hook, channel).status_int == 200
+    name, key = stream_args(channel)
+    answer = hook(call, name, key=key)
+    assert answer.status_int == 200
+    assert answer.json['ec'] == 0
+    assert get(admin, channel)['status'] == 'live'
+    assert sessions(admin, channel)['items'][0]['endedAt'] is None
