@@ -10,6 +10,7 @@ serving, and the command line.
 """
 
 import argparse
+import atexit
 import base64
 import binascii
 import contextlib
@@ -18,7 +19,9 @@ import hashlib
 import hmac
 import json
 import logging
+import logging.handlers
 import os
+import queue
 import re
 import secrets
 import signal
@@ -27,6 +30,7 @@ import sys
 import threading
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 import xml.etree.ElementTree as ElementTree
 from collections import OrderedDict
@@ -197,7 +201,8 @@ class Store:
             conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False,
                                    timeout=10)
             conn.row_factory = sqlite3.Row
-            # FULL: a commit is on disk before the client hears 2xx, power loss included.
+            # FULL: a commit is on disk before the client hears 2xx, power loss included
+            # (transaction(durable=False) relaxes it for ingest heartbeats).
             conn.executescript('PRAGMA journal_mode = WAL; PRAGMA foreign_keys = ON;'
                                'PRAGMA busy_timeout = 10000; PRAGMA synchronous = FULL;')
             self._local.conn = conn
@@ -206,10 +211,14 @@ class Store:
         return conn
 
     @contextlib.contextmanager
-    def transaction(self):
-        """A write transaction: committed on success, rolled back and re-raised on error."""
+    def transaction(self, durable=True):
+        """A write transaction: committed on success, rolled back and re-raised on error.
+        durable=False skips the fsync at commit (synchronous=NORMAL): for figures the
+        ingest re-sends every update, which a crash cannot lose but power loss may."""
         db = self.db
         with self._write_lock:
+            if not durable:
+                db.execute('PRAGMA synchronous = NORMAL')
             db.execute('BEGIN IMMEDIATE')
             try:
                 yield db
@@ -218,6 +227,9 @@ class Store:
                 if db.in_transaction:
                     db.execute('ROLLBACK')
                 raise
+            finally:
+                if not durable:
+                    db.execute('PRAGMA synchronous = FULL')
 
     def close(self):
         """Checkpoint the WAL into the database file and close every connection."""
@@ -380,18 +392,28 @@ class Store:
     def list_channels(self, client_pk, user_id, status, q, after, limit):
         """A page of channels, newest first, and the total matching the filters."""
         where, args = [], []
+        # `+` keeps the planner off channels_by_client where a sharper index exists
+        # (the user's channels, the live ones, the name index; each filter is an
+        # IN or = the planner drives from), so no filter walks a client's channels.
+        sharper = (user_id is not None and client_pk) or status == 'live' or len(q or '') >= 3
         if client_pk:
-            where.append('c.client_id = ?')
+            where.append('+c.client_id = ?' if sharper else 'c.client_id = ?')
             args.append(client_pk)
-        if user_id is not None:
+        if user_id is not None and client_pk:
+            where.append('c.user_pk = (SELECT id FROM users WHERE client_id = ? AND user_id = ?)')
+            args += [client_pk, user_id]
+        elif user_id is not None:
             where.append('u.user_id = ?')
             args.append(user_id)
         if status == 'live':
-            where.append('c.live_session_id IS NOT NULL')
+            where.append('c.id IN (SELECT id FROM channels WHERE live_session_id > 0)')
         elif status == 'idle':
             where.append('c.live_session_id IS NULL AND c.enabled = 1')
         elif status == 'disabled':
             where.append('c.enabled = 0')
+        if q and len(q) >= 3:  # trigrams need three characters; LIKE below decides
+            where.append('c.id IN (SELECT rowid FROM channel_names WHERE channel_names MATCH ?)')
+            args.append('"%s"' % q.replace('"', '""'))
         if q:
             where.append("c.name LIKE ? ESCAPE '\\'")
             args.append('%' + re.sub(r'([\\%_])', r'\\\1', q) + '%')
@@ -399,11 +421,10 @@ class Store:
         rows = self.db.execute(self._CHANNEL_SELECT + 'WHERE %s AND c.id < ? '
                                'ORDER BY c.id DESC LIMIT ?' % filters,
                                args + [after, limit + 1]).fetchall()
-        if where == ['c.client_id = ?']:
-            total = self.db.execute('SELECT channels FROM clients WHERE id = ?',
+        if user_id is None and status is None and not q:
+            total = self.db.execute('SELECT coalesce(sum(channels), 0) FROM clients'
+                                    + (' WHERE id = ?' if client_pk else ''),
                                     args).fetchone()[0]
-        elif not where:
-            total = self.db.execute('SELECT coalesce(sum(channels), 0) FROM clients').fetchone()[0]
         else:
             total = self.db.execute('SELECT count(*) FROM channels c JOIN users u '
                                     'ON u.id = c.user_pk WHERE ' + filters, args).fetchone()[0]
@@ -473,9 +494,10 @@ class Store:
         db.execute('UPDATE channels SET live_session_id = NULL WHERE live_session_id = ?',
                    (session_id,))
 
-    def has_stale_sessions(self, cutoff):
-        return self.db.execute('SELECT 1 FROM sessions WHERE ended_at IS NULL AND '
-                               'last_seen_at < ? LIMIT 1', (cutoff,)).fetchone() is not None
+    def oldest_open_session(self):
+        """The earliest last-seen time of the open sessions, or None."""
+        return self.db.execute('SELECT min(last_seen_at) FROM sessions '
+                               'WHERE ended_at IS NULL').fetchone()[0]
 
     def end_stale_sessions(self, cutoff):
         """End every open session not heard from since `cutoff`, as of its last sign of life."""
@@ -539,7 +561,7 @@ class Store:
 
     def record_sample(self, session_id, now, metrics):
         """Refresh an open session's last-seen time and, if measured, its metrics."""
-        with self.transaction() as db:
+        with self.transaction(durable=False) as db:
             if metrics is None:
                 db.execute('UPDATE sessions SET last_seen_at = ? WHERE id = ?', (now, session_id))
                 return
@@ -584,7 +606,8 @@ class Store:
             'coalesce(sum(live_channels), 0) AS live_channels, '
             'coalesce(sum(sessions), 0) AS sessions, coalesce(sum(live_seconds), 0) AS live_seconds, '
             'coalesce(sum(bytes_in), 0) AS bytes_in FROM clients ' + where, args).fetchone()
-        where = 'AND c.client_id = ?' if client_pk else ''
+        # `+` keeps the planner on channels_live rather than walking every channel.
+        where = 'AND +c.client_id = ?' if client_pk else ''
         live = self.db.execute(
             'SELECT coalesce(sum(s.bitrate_kbps), 0) AS bitrate_kbps, '
             'coalesce(sum(? - s.started_at), 0) AS seconds, '
@@ -769,10 +792,17 @@ def authenticate(app):
             raise ApiError(429, EC_THROTTLED, 'too many failed logins from this address; '
                            'retry in %d s' % (wait + 1), {'retryAfter': int(wait) + 1},
                            Retry_After=str(int(wait) + 1))
-    credentials = header is not None and _basic_credentials(header)
-    client = credentials and store.client_by_token(credentials[0])
-    expected = client['secret_hash'] if client else _NO_SUCH_SECRET
-    secret_ok = hmac.compare_digest(hash_secret(credentials[1] if credentials else ''), expected)
+    remembered = app.livestream.logins.get(header)
+    if remembered and remembered[1] > now:
+        client, secret_ok = remembered[0], True
+    else:
+        credentials = header is not None and _basic_credentials(header)
+        client = credentials and store.client_by_token(credentials[0])
+        expected = client['secret_hash'] if client else _NO_SUCH_SECRET
+        secret_ok = hmac.compare_digest(hash_secret(credentials[1] if credentials else ''),
+                                        expected)
+        if client and secret_ok:
+            app.livestream.remember_login(header, client, now)
     if not (client and secret_ok):
         if header is not None:
             throttle.failed(addr, now)
@@ -983,7 +1013,7 @@ def iso(timestamp):
     """ISO 8601 UTC with a Z, or None."""
     if timestamp is None:
         return None
-    return time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime(timestamp))
+    return '%04d-%02d-%02dT%02d:%02d:%02dZ' % time.gmtime(timestamp)[:6]
 
 
 def client_json(row):
@@ -1011,7 +1041,8 @@ def channel_status(row):
 def channel_json(row, ingest, admin):
     channel = {
         'id': row['public_id'], 'userId': row['user_id'], 'name': row['name'],
-        'description': row['description'], 'metadata': json.loads(row['metadata']),
+        'description': row['description'],
+        'metadata': json.loads(row['metadata']) if row['metadata'] != '{}' else {},
         'enabled': bool(row['enabled']), 'status': channel_status(row),
         'streamUrl': ingest['rtmp_url'],
         'streamId': '%s?key=%s' % (row['public_id'], row['stream_key']),
@@ -1135,6 +1166,11 @@ class IngestStats:
 # The application ##############################################################
 ###############################################################################
 
+#: How long a verified login is trusted without a look at the database: the most
+#: a change made by another process (`livestream-api client delete`) waits.
+LOGIN_SECONDS = 2.0
+
+
 class Service:
     """What every route shares: configuration, store, clock and helpers."""
 
@@ -1146,6 +1182,19 @@ class Service:
         self.ingest = IngestStats(config['ingest']['stat_url'])
         self.started = time.monotonic()
         self.hook_secret = None
+        self._next_stale_check = float('-inf')
+        #: Authorization header -> (client row, valid until): a verified login is
+        #: trusted for LOGIN_SECONDS, so most requests skip the SQL and the hash.
+        self.logins = {}
+
+    def remember_login(self, header, client, now):
+        if len(self.logins) >= 1024:
+            self.logins.clear()
+        self.logins[header] = (client, now + LOGIN_SECONDS)
+
+    def forget_logins(self):
+        """After a client changes in this process, every login is checked afresh."""
+        self.logins.clear()
 
     @property
     def default_limits(self):
@@ -1158,10 +1207,17 @@ class Service:
         return 3 * self.config['ingest']['update_interval']
 
     def end_stale_sessions(self):
-        """End sessions whose ingest went quiet, so no read shows a dead stream live."""
-        cutoff = self.clock() - self.stale_after
-        if self.store.has_stale_sessions(cutoff):
-            self.store.end_stale_sessions(cutoff)
+        """End sessions whose ingest went quiet, so no read shows a dead stream live.
+        Cheap on most calls: nothing can go stale before `_next_stale_check`, since
+        sessions only ever open, or move their last-seen time, forward."""
+        now = self.clock()
+        if now < self._next_stale_check:
+            return
+        oldest = self.store.oldest_open_session()
+        if oldest is not None and oldest < now - self.stale_after:
+            self.store.end_stale_sessions(now - self.stale_after)
+            oldest = self.store.oldest_open_session()
+        self._next_stale_check = (now if oldest is None else oldest) + self.stale_after
 
 
 def service():
@@ -1216,6 +1272,7 @@ def rotate_client(token_id):
     client = _changeable_client(token_id, 'change')
     secret = new_token()[1]
     service().store.set_client_secret(client['id'], hash_secret(secret))
+    service().forget_logins()
     return envelope(dict(client_json(client), tokenSecret=secret))
 
 
@@ -1228,6 +1285,7 @@ def delete_client(token_id):
                        'pass ?force=true' % client['users'], {'users': client['users']})
     svc = service()
     svc.store.delete_client(client['id'], svc.clock())
+    svc.forget_logins()
     return envelope(None, 204)
 
 
@@ -1328,8 +1386,14 @@ def _channel(channel_id):
     return channel
 
 
+def _channel_renderer():
+    """row -> channel object for this request's caller."""
+    ingest, admin = service().config['ingest'], is_admin(caller())
+    return lambda row: channel_json(row, ingest, admin)
+
+
 def _render_channel(row):
-    return channel_json(row, service().config['ingest'], is_admin(caller()))
+    return _channel_renderer()(row)
 
 
 def create_channel():
@@ -1363,7 +1427,7 @@ def list_channels():
     svc.end_stale_sessions()
     rows, total = svc.store.list_channels(owner(params, for_list=True), user_id, status, q,
                                           after, limit)
-    return envelope(page(rows, total, limit, _render_channel))
+    return envelope(page(rows, total, limit, _channel_renderer()))
 
 
 def get_channel(channel_id):
@@ -1583,19 +1647,22 @@ def nginx_rtmp_hook():
     if bottle.request.content_length > max_body():
         raise ApiError(413, EC_TOO_LARGE, 'hook body too large')
     content_type = bottle.request.content_type.split(';')[0].strip().lower()
-    if content_type not in ('application/x-www-form-urlencoded', 'multipart/form-data'):
+    if content_type != 'application/x-www-form-urlencoded':
         raise bad_request('hook body must be form data (application/x-www-form-urlencoded), '
                           'not %r' % content_type)
     try:
-        form = bottle.request.forms.decode()
-    except UnicodeDecodeError:
+        pairs = urllib.parse.parse_qsl(bottle.request.body.read().decode('utf-8'),
+                                       keep_blank_values=True, errors='strict')
+    except ValueError:
         raise bad_request('hook body is not UTF-8 form data')
-
-    def field(name):
+    form = {}
+    for key, value in pairs:
         # nginx appends the stream's own query string after its fields, so a
         # publisher can repeat `name` or `call`: only the first value is nginx's.
-        values = form.getall(name)
-        return values[0] if values else ''
+        form.setdefault(key, value)
+
+    def field(name):
+        return form.get(name, '')
 
     call, name = field('call'), field('name')
     connection = '%s/%s' % (bottle.request.environ.get('REMOTE_ADDR'), field('clientid'))
@@ -1680,21 +1747,24 @@ def openapi_document():
     user_id = {'type': 'string', 'pattern': _ecma(USER_ID)}
     count = {'type': 'integer', 'minimum': 0}
     rate = {'type': 'number', 'minimum': 0}
-    time_ = {'type': 'string', 'format': 'date-time'}
+    timestamp = {'type': 'string', 'format': 'date-time'}
     string = {'type': 'string'}
     media = {'type': ['object', 'null']}
     limit = {'type': ['integer', 'null'], 'minimum': 0, 'maximum': MAX_LIMIT}
     status = {'enum': ['idle', 'live', 'disabled']}
-    ref = lambda name: {'$ref': '#/components/schemas/' + name}  # noqa: E731
+
+    def ref(schema_name):
+        return {'$ref': '#/components/schemas/' + schema_name}
+
     client = {'id': public_id, 'name': string, 'role': {'enum': ['app', 'admin']},
-              'tokenId': string, 'fromEnvironment': {'type': 'boolean'}, 'createdAt': time_}
+              'tokenId': string, 'fromEnvironment': {'type': 'boolean'}, 'createdAt': timestamp}
     schemas = {
         'Client': _closed(client),
         'ClientWithSecret': _closed(dict(client, tokenSecret=string)),
         'User': _closed({
-            'userId': user_id, 'limits': _closed({name: limit for name in LIMIT_COLUMNS}),
+            'userId': user_id, 'limits': _closed(dict.fromkeys(LIMIT_COLUMNS, limit)),
             'usage': _closed({'channels': count, 'liveChannels': count}),
-            'createdAt': time_, 'updatedAt': time_, 'clientId': public_id},
+            'createdAt': timestamp, 'updatedAt': timestamp, 'clientId': public_id},
             optional=('clientId',)),
         'Channel': _closed({
             'id': public_id, 'userId': user_id, 'name': string, 'description': string,
@@ -1702,10 +1772,10 @@ def openapi_document():
             'streamUrl': string, 'streamId': string,
             'playback': _closed({'hls': string, 'rtmp': string}),
             'liveSince': {'type': ['string', 'null'], 'format': 'date-time'},
-            'createdAt': time_, 'updatedAt': time_, 'clientId': public_id},
+            'createdAt': timestamp, 'updatedAt': timestamp, 'clientId': public_id},
             optional=('clientId',)),
         'Session': _closed({
-            'id': public_id, 'channelId': public_id, 'startedAt': time_,
+            'id': public_id, 'channelId': public_id, 'startedAt': timestamp,
             'endedAt': {'type': ['string', 'null'], 'format': 'date-time'},
             'durationSeconds': count, 'bytesIn': count, 'avgBitrateKbps': rate,
             'peakBitrateKbps': {'type': ['number', 'null'], 'minimum': 0},
@@ -1714,7 +1784,7 @@ def openapi_document():
         'ChannelStats': _closed({
             'status': status,
             'current': {'anyOf': [{'type': 'null'}, _closed({
-                'sessionId': public_id, 'startedAt': time_, 'durationSeconds': count,
+                'sessionId': public_id, 'startedAt': timestamp, 'durationSeconds': count,
                 'bitrateKbps': {'type': ['number', 'null'], 'minimum': 0}, 'bytesIn': count,
                 'viewers': count, 'video': media, 'audio': media})]},
             'totals': _closed({'sessions': count, 'liveSeconds': count, 'bytesIn': count})}),
@@ -1731,13 +1801,15 @@ def openapi_document():
     }
     some_data = {'type': ['object', 'null']}
     responses = {
-        '400': _error('Malformed request: a body that is not a JSON object, a Content-Type other '
-                      'than application/json, an unknown, repeated or bad query parameter, or '
-                      'a cursor this API did not issue.', [EC_BAD_REQUEST]),
+        '400': _error('Malformed request: a body that is not a JSON object (for the hook: not '
+                      'form data naming a known call), another Content-Type, an unknown, '
+                      'repeated or bad query parameter, or a cursor this API did not issue.',
+                      [EC_BAD_REQUEST]),
         '401': _error('Missing or wrong credentials.', [EC_UNAUTHORIZED],
                       header='WWW-Authenticate'),
-        '403': _error('Not allowed: an admin-only route called by an app client (ec 4), or a '
-                      "user's limit reached (ec 5; data names the limit).",
+        '403': _error('Not allowed (ec 4): an admin-only route called by an app client, or a '
+                      'hook call with a wrong secret or for a stream it refuses; or (ec 5) a '
+                      "user's limit reached, data naming the limit.",
                       [EC_FORBIDDEN, EC_LIMIT], some_data),
         '404': _error('No such resource for this caller (another client\'s resources '
                       'included), or no such client for clientId.', [EC_NOT_FOUND]),
@@ -1777,7 +1849,7 @@ def openapi_document():
     token_id = path_param('tokenId', {'type': 'string', 'minLength': 1})
     user = path_param('userId', user_id)
     channel = path_param('channelId', public_id)
-    limits = _closed({'limits': _closed({name: limit for name in LIMIT_COLUMNS},
+    limits = _closed({'limits': _closed(dict.fromkeys(LIMIT_COLUMNS, limit),
                                         optional=tuple(LIMIT_COLUMNS))}, optional=('limits',))
     metadata = {'type': 'object', 'description': 'At most 4096 bytes as JSON.'}
     fields = {'name': name, 'description': description, 'metadata': metadata,
@@ -1899,7 +1971,8 @@ def openapi_document():
             '{"ec": 0, "data": ...} on success, {"ec", "msg", "data"} on error, with ec 1 bad '
             'request, 2 validation, 3 unauthorized, 4 forbidden, 5 limit exceeded, 6 not found, '
             '7 method not allowed, 8 too large, 9 throttled, 10 conflict, 99 internal. A method '
-            'a path does not list answers 405 with Allow. HTTP Basic with a token id and '
+            'a path does not list answers 405 with Allow (components/responses/405). HTTP '
+            'Basic with a token id and '
             'secret; role admin may do everything (routes under /v1/clients are admin only), '
             'role app sees only the users and channels it created (others answer 404). '
             'Unknown JSON fields are rejected with 422.')},
@@ -2010,6 +2083,8 @@ class AccessLog:
             status[0] = status_line[:3]
             return start_response(status_line, headers, exc_info)
 
+        if not access_log.isEnabledFor(logging.INFO):
+            return self.app(environ, start_response)
         try:
             return self.app(environ, start)
         finally:
@@ -2208,12 +2283,27 @@ def _parser():
     return parser
 
 
+def _log_to_stderr():
+    """Log INFO and up to stderr from one writer thread, so request threads
+    never wait on the stream or on each other to log (the access log is per request)."""
+    logging._srcfile = None  # no caller lookup per record (the logging HOWTO's advice)
+    logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter('%(asctime)s %(levelname)s %(name)s: %(message)s'))
+    records = queue.SimpleQueue()
+    listener = logging.handlers.QueueListener(records, handler)
+    listener.start()
+    atexit.register(listener.stop)
+    root = logging.getLogger()
+    root.handlers[:] = [logging.handlers.QueueHandler(records)]
+    root.setLevel(logging.INFO)
+
+
 def main(argv=None, environ=None):
     """The livestream-api command. Exit status 2 for configuration errors."""
     environ = os.environ if environ is None else environ
     args = _parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
-                        format='%(asctime)s %(levelname)s %(name)s: %(message)s')
+    _log_to_stderr()
     overrides = {}
     if args.db:
         overrides['database'] = {'path': args.db}

@@ -146,3 +146,21 @@ WHEN OLD.ended_at IS NULL AND NEW.ended_at IS NOT NULL BEGIN
                        bytes_in = bytes_in + NEW.bytes_in
      WHERE id = (SELECT client_id FROM channels WHERE id = NEW.channel_id);
 END;
+
+-- migration: 2
+-- Name search (GET /v1/channels?q=) through a trigram index, so a search costs
+-- what it finds rather than the number of channels. Kept in step by triggers.
+CREATE VIRTUAL TABLE IF NOT EXISTS channel_names USING fts5 (
+    name, content = 'channels', content_rowid = 'id', tokenize = 'trigram'
+);
+CREATE TRIGGER IF NOT EXISTS channel_name_added AFTER INSERT ON channels BEGIN
+    INSERT INTO channel_names (rowid, name) VALUES (NEW.id, NEW.name);
+END;
+CREATE TRIGGER IF NOT EXISTS channel_name_removed AFTER DELETE ON channels BEGIN
+    INSERT INTO channel_names (channel_names, rowid, name) VALUES ('delete', OLD.id, OLD.name);
+END;
+CREATE TRIGGER IF NOT EXISTS channel_name_changed AFTER UPDATE OF name ON channels BEGIN
+    INSERT INTO channel_names (channel_names, rowid, name) VALUES ('delete', OLD.id, OLD.name);
+    INSERT INTO channel_names (rowid, name) VALUES (NEW.id, NEW.name);
+END;
+INSERT INTO channel_names (channel_names) VALUES ('rebuild');
