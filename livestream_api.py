@@ -947,6 +947,8 @@ def check_limits(body):
         raise invalid({'limits': 'must be a JSON object'})
     clean = {}
     for name, value in limits.items():
+        if type(value) is float and value.is_integer():
+            value = int(value)  # JSON has one kind of number: 5.0 is the integer 5
         if name not in LIMIT_COLUMNS:
             errors['limits.' + name] = 'unknown limit'
         elif value is not None and (type(value) is not int or not 0 <= value <= MAX_LIMIT):
@@ -1256,20 +1258,24 @@ def list_clients():
     return envelope(page(rows, total, limit, client_json))
 
 
-def _changeable_client(token_id, verb):
+def _client(token_id):
     client = service().store.client_by_token(token_id)
     if client is None:
         raise not_found('client')
+    return client
+
+
+def _refuse_env_client(client, verb):
     if client['from_env']:
         raise ApiError(409, EC_CONFLICT, 'this client is defined by LIVE_TOKEN_ID / '
                        'LIVE_TOKEN_SECRET; %s it there and restart' % verb)
-    return client
 
 
 def rotate_client(token_id):
     """POST /v1/clients/{tokenId}/rotate: a new secret; the old one stops working."""
+    client = _client(token_id)
     query(())
-    client = _changeable_client(token_id, 'change')
+    _refuse_env_client(client, 'change')
     secret = new_token()[1]
     service().store.set_client_secret(client['id'], hash_secret(secret))
     service().forget_logins()
@@ -1278,8 +1284,9 @@ def rotate_client(token_id):
 
 def delete_client(token_id):
     """DELETE /v1/clients/{tokenId}: refused while it owns users, unless ?force=true."""
+    client = _client(token_id)
     force = force_param(query({'force'}))
-    client = _changeable_client(token_id, 'remove')
+    _refuse_env_client(client, 'remove')
     if client['users'] and not force:
         raise ApiError(409, EC_CONFLICT, 'client still owns %d users; delete them first or '
                        'pass ?force=true' % client['users'], {'users': client['users']})
@@ -1291,11 +1298,12 @@ def delete_client(token_id):
 
 # Users ########################################################################
 
-def owner(params, for_list=False):
+def owner(for_list=False):
     """The client pk whose users and channels this request means: the caller's
-    own, or for an admin the one named by ?clientId (every client's in a list)."""
+    own, or for an admin the one named by ?clientId (every client's in a list).
+    Read before the query is validated, since a 404 comes before a 400."""
     client = caller()
-    public_id = params.get('clientId')
+    public_id = bottle.request.query.get('clientId')
     if public_id is None:
         return None if for_list and is_admin(client) else client['id']
     if is_admin(client):
@@ -1308,8 +1316,8 @@ def owner(params, for_list=False):
     return client['id']
 
 
-def _existing_user(user_id, params):
-    user = USER_ID.match(user_id) and service().store.user(owner(params), user_id)
+def _existing_user(user_id):
+    user = USER_ID.match(user_id) and service().store.user(owner(), user_id)
     if not user:
         raise not_found('user')
     return user
@@ -1317,8 +1325,8 @@ def _existing_user(user_id, params):
 
 def put_user(user_id):
     """PUT /v1/users/{userId}: create or replace a user's limits."""
-    params = query({'clientId'})
-    client_pk = owner(params)
+    client_pk = owner()
+    query({'clientId'})
     body = read_json(max_body())
     if not USER_ID.match(user_id):
         raise invalid({'userId': 'must be 1-64 characters of A-Z a-z 0-9 _ . -'})
@@ -1332,8 +1340,8 @@ def put_user(user_id):
 
 def patch_user(user_id):
     """PATCH /v1/users/{userId}: change only the limits named."""
-    params = query({'clientId'})
-    user = _existing_user(user_id, params)
+    user = _existing_user(user_id)
+    query({'clientId'})
     limits = check_limits(read_json(max_body()))
     svc = service()
     svc.end_stale_sessions()
@@ -1344,26 +1352,27 @@ def patch_user(user_id):
 
 def get_user(user_id):
     """GET /v1/users/{userId}."""
-    params = query({'clientId'})
     service().end_stale_sessions()
-    return envelope(user_json(_existing_user(user_id, params), is_admin(caller())))
+    user = _existing_user(user_id)
+    query({'clientId'})
+    return envelope(user_json(user, is_admin(caller())))
 
 
 def list_users():
     """GET /v1/users: newest first."""
-    params, after, limit = page_params({'clientId'})
+    client_pk = owner(for_list=True)
+    _, after, limit = page_params({'clientId'})
     svc = service()
     svc.end_stale_sessions()
-    rows, total = svc.store.list_users(owner(params, for_list=True), after, limit)
+    rows, total = svc.store.list_users(client_pk, after, limit)
     admin = is_admin(caller())
     return envelope(page(rows, total, limit, lambda row: user_json(row, admin)))
 
 
 def delete_user(user_id):
     """DELETE /v1/users/{userId}: refused while it has channels, unless ?force=true."""
-    params = query({'clientId', 'force'})
-    user = _existing_user(user_id, params)
-    force = force_param(params)
+    user = _existing_user(user_id)
+    force = force_param(query({'clientId', 'force'}))
     if user['channels'] and not force:
         raise ApiError(409, EC_CONFLICT, 'user still has %d channels; delete them first or '
                        'pass ?force=true' % user['channels'], {'channels': user['channels']})
@@ -1398,8 +1407,8 @@ def _render_channel(row):
 
 def create_channel():
     """POST /v1/channels: a new channel for a user (created with default limits if new)."""
-    params = query({'clientId'})
-    client_pk = owner(params)
+    client_pk = owner()
+    query({'clientId'})
     fields = check_fields(read_json(max_body()), ('userId', 'name', 'description', 'metadata'),
                           required=('userId', 'name'))
     svc = service()
@@ -1413,32 +1422,34 @@ def create_channel():
 
 def list_channels():
     """GET /v1/channels: newest first, filtered by userId, status and q."""
+    client_pk = owner(for_list=True)
     params, after, limit = page_params({'userId', 'status', 'q', 'clientId'})
     status = params.get('status')
     if status not in (None, 'idle', 'live', 'disabled'):
         raise bad_request('status must be idle, live or disabled')
     q = params.getunicode('q')
-    if q is not None and len(q) > 200:
-        raise bad_request('q must be at most 200 characters')
+    if q is not None and (len(q) > 200 or CONTROL_CHARS.search(q)):
+        raise bad_request('q must be at most 200 characters, with no control characters')
     user_id = params.get('userId')
     if user_id is not None and not USER_ID.match(user_id):
         raise bad_request('userId must be 1-64 characters of A-Z a-z 0-9 _ . -')
     svc = service()
     svc.end_stale_sessions()
-    rows, total = svc.store.list_channels(owner(params, for_list=True), user_id, status, q,
+    rows, total = svc.store.list_channels(client_pk, user_id, status, q,
                                           after, limit)
     return envelope(page(rows, total, limit, _channel_renderer()))
 
 
 def get_channel(channel_id):
     """GET /v1/channels/{id}."""
+    channel = _channel(channel_id)
     query(())
-    return envelope(_render_channel(_channel(channel_id)))
+    return envelope(_render_channel(channel))
 
 
 def _update_channel(channel_id, replace):
-    query(())
     channel = _channel(channel_id)
+    query(())
     allowed = ('name', 'description', 'metadata', 'enabled')
     fields = check_fields(read_json(max_body()), allowed, required=('name',) if replace else ())
     if replace:
@@ -1461,8 +1472,8 @@ def patch_channel(channel_id):
 
 def delete_channel(channel_id):
     """DELETE /v1/channels/{id}: a live stream on it is ended."""
-    query(())
     channel = _channel(channel_id)
+    query(())
     svc = service()
     svc.store.delete_channel(channel['id'], svc.clock())
     return envelope(None, 204)
@@ -1470,8 +1481,8 @@ def delete_channel(channel_id):
 
 def rotate_key(channel_id):
     """POST /v1/channels/{id}/rotate-key: a new streamId; the old key stops working."""
-    query(())
     channel = _channel(channel_id)
+    query(())
     svc = service()
     svc.store.update_channel(channel['id'], {}, svc.clock(), new_key=True)
     return envelope(_render_channel(_channel(channel_id)))
@@ -1479,8 +1490,8 @@ def rotate_key(channel_id):
 
 def channel_stats(channel_id):
     """GET /v1/channels/{id}/stats: live figures and totals over every session."""
-    query(())
     channel = _channel(channel_id)
+    query(())
     svc = service()
     now = svc.clock()
     current = None
@@ -1501,8 +1512,8 @@ def channel_stats(channel_id):
 
 def list_sessions(channel_id):
     """GET /v1/channels/{id}/sessions: its broadcasts, newest first."""
-    _, after, limit = page_params()
     channel = _channel(channel_id)
+    _, after, limit = page_params()
     svc = service()
     rows, total = svc.store.list_sessions(channel['id'], after, limit)
     now = svc.clock()
@@ -1743,6 +1754,7 @@ def openapi_document():
             'description': '1-200 characters, not only spaces, no control characters; '
                            'stored without leading and trailing spaces'}
     description = {'type': 'string', 'maxLength': 2000, 'pattern': '^%s*$' % text}
+    search = dict(description, maxLength=200)
     public_id = {'type': 'string', 'pattern': _ecma(PUBLIC_ID)}
     user_id = {'type': 'string', 'pattern': _ecma(USER_ID)}
     count = {'type': 'integer', 'minimum': 0}
@@ -1920,7 +1932,7 @@ def openapi_document():
           {'200': _success('A page of channels', _list_of(ref('Channel')))}, '404', page + [
               client_id, query_param('userId', user_id, "Only this user's channels."),
               query_param('status', status, 'Only channels in this status.'),
-              query_param('q', {'type': 'string', 'maxLength': 200}, 'Name contains this.')])
+              query_param('q', search, 'Name contains this.')])
     route('GET', '/v1/channels/{channelId}', get_channel, 'A channel', the_channel, '404',
           [channel])
     route('PUT', '/v1/channels/{channelId}', put_channel, "Replace a channel's fields (left "

@@ -11,10 +11,9 @@ Routes that take no body (`POST /v1/clients/{t}/rotate`,
 ignored and the rotation happens (200; test_no_body_route_ignores_any_body).
 Their bad *paths* and *query strings* are refused like everyone else's.
 
-One deliberate reading of the order of checks: the query string is validated
-before the resource is looked up, so an unknown query parameter on an unknown
-id is a 400 rather than a 404. The answer does not depend on whether the id
-exists, so it tells a stranger nothing about ids (the point of the order).
+The order of checks holds for query strings too: the resource (and a
+`clientId`) is looked up first, so an unknown query parameter on an unknown id
+is a 404, and on a known one a 400.
 
 The nginx-rtmp hook takes form fields (application/x-www-form-urlencoded, as
 nginx-rtmp sends them), not JSON: any other content type is a 400, a missing or
@@ -138,9 +137,11 @@ def json_case(name, route):
         'NUL as a field name': (b'{"\\u0000": 1}', ct, None, '', 422, 2),
         'unknown field': (b'{"bogus": 1}', ct, None, '', 422, 2),
         'unknown query parameter': (valid(route), ct, None, '?bogus=1', 400, 1),
-        'query parameter twice': (valid(route), ct, None,
-                                  '?clientId=a&clientId=b' if takes_client_id else '?x=1&x=2',
-                                  400, 1),
+        # clientId names the owner, so it is looked up (404) before the query is
+        # validated (400): API.md's order of checks.
+        'query parameter twice': ((valid(route), ct, None, '?clientId=a&clientId=b', 404, 6)
+                                  if takes_client_id else
+                                  (valid(route), ct, None, '?x=1&x=2', 400, 1)),
         'unknown clientId value': ((valid(route), ct, None, '?clientId=nope', 404, 6)
                                    if takes_client_id else None),
         'over-long path segment': ((valid(route), ct, LONG, '',
@@ -150,11 +151,12 @@ def json_case(name, route):
         'over-long path segment + malformed body': (
             (b'{', ct, LONG, '', *((400, 1) if route == 'PUT /v1/users/{u}' else (404, 6)))
             if has_path else None),
-        # The query string is validated before the resource is looked up, so a bad
-        # query on an unknown id is a 400, not the 404 that API.md's order would
-        # suggest. It reveals nothing: the answer does not depend on the id.
-        'over-long path segment + unknown query': ((valid(route), ct, LONG, '?bogus=1', 400, 1)
-                                                   if has_path else None),
+        # The resource is looked up (404) before the query is validated (400), as
+        # API.md orders the checks; PUT creates the user, so there is no lookup.
+        'over-long path segment + unknown query': (
+            (valid(route), ct, LONG, '?bogus=1',
+             *((400, 1) if route == 'PUT /v1/users/{u}' else (404, 6)))
+            if has_path else None),
         'float 1e400 in metadata': ((json.dumps(dict(JSON_ROUTES[route][2], metadata={'x': 1}))
                                      .replace('1}', '1e400}').encode(), ct, None, '', 400, 1)
                                     if 'channels' in route else None),
@@ -249,8 +251,8 @@ NO_BODY_BAD = {
     'over-long path segment': (LONG, '', 404, 6),
     'path segment with NUL': ('ab%00cd', '', 404, 6),
     'unknown query parameter': (None, '?bogus=1', 400, 1),
-    # The query string is checked before the id is looked up (see the module docstring).
-    'unknown query parameter + unknown id': (LONG, '?bogus=1', 400, 1),
+    # The id is looked up before the query string is checked (API.md's order).
+    'unknown query parameter + unknown id': (LONG, '?bogus=1', 404, 6),
 }
 
 

@@ -160,7 +160,13 @@ def test_first_channel_keeps_limits_set_beforehand(client):
 
 # Limits validation ###########################################################
 
-BAD_VALUES = [-1, 1.5, 2.0, '3', True, False, 2 ** 31, [], {}]
+BAD_VALUES = [-1, 1.5, '3', True, False, 2 ** 31, [], {}]
+
+
+def test_a_whole_number_written_as_a_float_is_an_integer(client):
+    # JSON has one number type and JSON Schema's "integer" admits 2.0: so do we.
+    response = client.put_json('/v1/users/alice', {'limits': {'maxChannels': 2.0}})
+    assert response.json['data']['limits']['maxChannels'] == 2
 
 
 @pytest.mark.parametrize('method', ['put_json', 'patch_json'])
