@@ -1718,23 +1718,18 @@ def _closed(properties, optional=()):
             'required': [name for name in properties if name not in optional]}
 
 
-def _json(schema):
-    return {'application/json': {'schema': schema}}
-
-
 def _success(description, data=None):
     """A success response: the envelope around `data`; no body without `data` (204)."""
     if data is None:
         return {'description': description}
-    return {'description': description,
-            'content': _json(_closed({'ec': {'const': EC_OK}, 'data': data}))}
+    return {'description': description, 'content': {'application/json': {
+        'schema': _closed({'ec': {'const': EC_OK}, 'data': data})}}}
 
 
 def _error(description, ecs, data=None, header=None):
     """An error response: {"ec", "msg", "data"}, and a header it always carries."""
-    response = {'description': description, 'content': _json(_closed({
-        'ec': {'enum': list(ecs)}, 'msg': {'type': 'string'},
-        'data': data or {'type': 'null'}}))}
+    response = {'description': description, 'content': {'application/json': {'schema': _closed({
+        'ec': {'enum': list(ecs)}, 'msg': {'type': 'string'}, 'data': data or {'type': 'null'}})}}}
     if header:
         response['headers'] = {header: {'required': True, 'schema': {'type': 'string'}}}
     return response
@@ -1955,8 +1950,8 @@ def openapi_document():
     route('GET', '/v1/health', health, 'Whether the service and its database answer',
           {'200': _success('Healthy', ref('Health'))}, '503', public=True)
     route('GET', '/v1/openapi.json', openapi, 'This document (not an envelope)', {'200': {
-        'description': 'An OpenAPI 3.1 document', 'content': _json(
-            {'type': 'object', 'required': ['openapi', 'info', 'paths']})}}, public=True)
+        'description': 'An OpenAPI 3.1 document', 'content': {'application/json': {'schema': {
+            'type': 'object', 'required': ['openapi', 'info', 'paths']}}}}}, public=True)
     route('POST', '/v1/hooks/nginx-rtmp', nginx_rtmp_hook, 'nginx-rtmp notify calls: 2xx '
           'allows, 403 refuses (or drops the stream)', {'200': _success(
               'Allowed or acknowledged', {'anyOf': [
