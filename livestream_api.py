@@ -10,7 +10,6 @@ serving, and the command line.
 """
 
 import argparse
-import atexit
 import base64
 import binascii
 import contextlib
@@ -19,7 +18,6 @@ import hashlib
 import hmac
 import json
 import logging
-import logging.handlers
 import os
 import queue
 import re
@@ -509,11 +507,12 @@ class Store:
         return len(stale)
 
     def ingest_channel(self, public_id):
-        """What the hooks need to decide about a stream: channel, key, user limits."""
+        """What the hooks need to know of a stream, in one read: the channel, its
+        user's limits and its open session (the session columns NULL when idle)."""
         return self.db.execute(
-            'SELECT c.id, c.public_id, c.client_id, c.enabled, c.stream_key, c.live_session_id, '
-            'u.id AS user_pk, u.live_channels, u.max_live_channels, u.max_bitrate_kbps, '
-            'u.max_session_seconds FROM channels c JOIN users u ON u.id = c.user_pk '
+            'SELECT c.id, c.live_session_id, u.max_bitrate_kbps, u.max_session_seconds, '
+            's.ingest_client, s.started_at, s.last_seen_at, s.bytes_in FROM channels c '
+            'JOIN users u ON u.id = c.user_pk LEFT JOIN sessions s ON s.id = c.live_session_id '
             'WHERE c.public_id = ?', (public_id,)).fetchone()
 
     def session(self, session_id):
@@ -1013,9 +1012,12 @@ def force_param(params):
 
 def iso(timestamp):
     """ISO 8601 UTC with a Z, or None."""
-    if timestamp is None:
-        return None
-    return '%04d-%02d-%02dT%02d:%02d:%02dZ' % time.gmtime(timestamp)[:6]
+    return None if timestamp is None else _iso_second(int(timestamp))
+
+
+@functools.lru_cache(maxsize=4096)
+def _iso_second(second):
+    return '%04d-%02d-%02dT%02d:%02d:%02dZ' % time.gmtime(second)[:6]
 
 
 def client_json(row):
@@ -1594,47 +1596,45 @@ def ingest_update(svc, name, key, connection, addr):
     """The ingest's periodic word on a live stream: refresh its figures, or deny
     (which drops the encoder) once the stream may no longer be on air."""
     now = svc.clock()
-    channel = svc.store.ingest_channel(name)
-    if channel is None:
+    live = svc.store.ingest_channel(name)
+    if live is None:
         raise HookDenied('channel was deleted')
-    session = channel['live_session_id'] and svc.store.session(channel['live_session_id'])
-    if not session or session['ingest_client'] != connection:
-        last = svc.store.last_session_of(channel['id'], connection)
+    if live['live_session_id'] is None or live['ingest_client'] != connection:
+        last = svc.store.last_session_of(live['id'], connection)
         if last and last['end_reason'] in ENFORCED_ENDS:
             raise HookDenied('session was ended: %s' % last['end_reason'])
         ingest_publish(svc, name, key, connection, addr)  # resume, under the publish rules
-        session = svc.store.session(svc.store.ingest_channel(name)['live_session_id'])
+        live = svc.store.ingest_channel(name)
     metrics = svc.ingest.snapshot()['streams'].get(name)
-    if metrics and not metrics['bitrateKbps'] and session['bytes_in'] and \
-            now > session['last_seen_at']:
+    if metrics and not metrics['bitrateKbps'] and live['bytes_in'] and \
+            now > live['last_seen_at']:
         metrics = dict(metrics, bitrateKbps=round(
-            (metrics['bytesIn'] - session['bytes_in']) * 8 / 1000 / (now - session['last_seen_at']),
-            1))
-    svc.store.record_sample(session['id'], now, metrics)
+            (metrics['bytesIn'] - live['bytes_in']) * 8 / 1000 / (now - live['last_seen_at']), 1))
+    svc.store.record_sample(live['live_session_id'], now, metrics)
     over = None
-    if channel['max_session_seconds'] is not None and \
-            now - session['started_at'] > channel['max_session_seconds']:
+    if live['max_session_seconds'] is not None and \
+            now - live['started_at'] > live['max_session_seconds']:
         over = 'max_session_seconds'
-    elif channel['max_bitrate_kbps'] is not None and metrics and \
-            metrics['bitrateKbps'] > channel['max_bitrate_kbps']:
+    elif live['max_bitrate_kbps'] is not None and metrics and \
+            metrics['bitrateKbps'] > live['max_bitrate_kbps']:
         over = 'max_bitrate'
     if over:
-        svc.store.end_session(session['id'], over, now)
+        svc.store.end_session(live['live_session_id'], over, now)
         raise HookDenied('session passed %s' % over)
     return {'allowed': True}
 
 
 def ingest_publish_done(svc, name, connection):
-    channel = svc.store.ingest_channel(name)
-    session = channel and channel['live_session_id'] and \
-        svc.store.session(channel['live_session_id'])
-    if session and session['ingest_client'] == connection:
+    live = svc.store.ingest_channel(name)
+    ended = bool(live and live['live_session_id'] and live['ingest_client'] == connection)
+    if ended:
         metrics = svc.ingest.snapshot()['streams'].get(name)
         if metrics:
-            svc.store.record_sample(session['id'], svc.clock(), metrics)
-        svc.store.end_session(session['id'], 'publisher_left', svc.clock())
-        log.info('channel %s is idle (session %d ended: publisher_left)', name, session['id'])
-    return {'ended': bool(session)}
+            svc.store.record_sample(live['live_session_id'], svc.clock(), metrics)
+        svc.store.end_session(live['live_session_id'], 'publisher_left', svc.clock())
+        log.info('channel %s is idle (session %d ended: publisher_left)', name,
+                 live['live_session_id'])
+    return {'ended': ended}
 
 
 def ingest_play(svc, name, delta):
@@ -2072,33 +2072,49 @@ def bootstrap_admin(app, environ, out=sys.stderr):
 # Serving ######################################################################
 ###############################################################################
 
-#: One line per request; never the query string, which may carry the hook secret.
-access_log = logging.getLogger('livestream.access')
-
-
 class AccessLog:
-    """WSGI middleware writing the access log: method, path, status, ms, token id."""
+    """WSGI middleware writing the access log to `stream`, a line per request:
+    address, method, path, status, milliseconds, token id. Never the query
+    string, which may carry the hook secret. Lines go through a queue to one
+    writer thread, so no request waits on the stream or on another request."""
 
-    def __init__(self, app):
-        self.app = app
+    def __init__(self, app, stream=None):
+        self.app, self.stream = app, stream or sys.stderr
+        self._lines = queue.SimpleQueue()
+        self._writer = threading.Thread(target=self._write, name='access-log', daemon=True)
+        self._writer.start()
 
     def __call__(self, environ, start_response):
         started = time.perf_counter()
-        status = ['-']
+        status = '-'
 
         def start(status_line, headers, exc_info=None):
-            status[0] = status_line[:3]
+            nonlocal status
+            status = status_line[:3]
             return start_response(status_line, headers, exc_info)
 
-        if not access_log.isEnabledFor(logging.INFO):
-            return self.app(environ, start_response)
         try:
             return self.app(environ, start)
         finally:
-            access_log.info('%s %s %s %s %.1fms %s', environ.get('REMOTE_ADDR', '-'),
-                            environ['REQUEST_METHOD'], environ.get('PATH_INFO', ''), status[0],
-                            (time.perf_counter() - started) * 1000,
-                            environ.get('livestream.token_id', '-'))
+            self._lines.put('%s access %s %s %s %s %.1fms %s\n' % (
+                iso(time.time()), environ.get('REMOTE_ADDR', '-'), environ['REQUEST_METHOD'],
+                environ.get('PATH_INFO', ''), status, (time.perf_counter() - started) * 1000,
+                environ.get('livestream.token_id', '-')))
+
+    def _write(self):
+        while True:
+            lines = [self._lines.get()]
+            while not self._lines.empty():
+                lines.append(self._lines.get())
+            self.stream.write(''.join(line for line in lines if line))
+            self.stream.flush()
+            if None in lines:
+                return
+
+    def close(self):
+        """Write what is queued, then stop the writer."""
+        self._lines.put(None)
+        self._writer.join(timeout=5)
 
 
 def waitress_body_limit(max_body_bytes):
@@ -2115,11 +2131,12 @@ def serve(config, environ, drain_seconds=10):
     app = create_app(config)
     bootstrap_admin(app, environ)
     server_config = config['server']
+    access_log = AccessLog(app)
     # Our own socket map: create_server returns a single TcpWSGIServer (which has
     # no .map) for one listen address, a MultiSocketServer for several.
     socket_map = {}
     server = waitress.server.create_server(
-        AccessLog(app), map=socket_map, host=server_config['host'], port=server_config['port'],
+        access_log, map=socket_map, host=server_config['host'], port=server_config['port'],
         threads=server_config['threads'], ident='livestream-api',
         max_request_body_size=waitress_body_limit(server_config['max_body_bytes']))
     # Under load waitress warns of its task queue depth on every request.
@@ -2156,6 +2173,7 @@ def serve(config, environ, drain_seconds=10):
             break
     server.asyncore.close_all(socket_map)
     app.livestream.store.close()
+    access_log.close()
     log.info('stopped')
 
 
@@ -2291,19 +2309,8 @@ def _parser():
 
 
 def _log_to_stderr():
-    """Log INFO and up to stderr from one writer thread, so request threads
-    never wait on the stream or on each other to log (the access log is per request)."""
-    logging._srcfile = None  # no caller lookup per record (the logging HOWTO's advice)
-    logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter('%(asctime)s %(levelname)s %(name)s: %(message)s'))
-    records = queue.SimpleQueue()
-    listener = logging.handlers.QueueListener(records, handler)
-    listener.start()
-    atexit.register(listener.stop)
-    root = logging.getLogger()
-    root.handlers[:] = [logging.handlers.QueueHandler(records)]
-    root.setLevel(logging.INFO)
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, force=True,
+                        format='%(asctime)s %(levelname)s %(name)s: %(message)s')
 
 
 def main(argv=None, environ=None):
