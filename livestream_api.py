@@ -291,8 +291,11 @@ class Store:
         return self.client_by_token(token_id)
 
     def put_env_client(self, token_id, secret_hash, now):
-        """Make the environment's admin token exist with exactly this secret."""
+        """Make the environment's admin token exist with exactly this secret. A
+        token the environment named before becomes an ordinary admin (deletable)."""
         with self.transaction() as db:
+            db.execute('UPDATE clients SET from_env = 0 WHERE from_env = 1 AND token_id != ?',
+                       (token_id,))
             db.execute('INSERT INTO clients (public_id, name, role, token_id, secret_hash, '
                        "from_env, created_at) VALUES (?, 'environment admin', 'admin', ?, ?, 1, ?) "
                        "ON CONFLICT (token_id) DO UPDATE SET secret_hash = excluded.secret_hash, "
@@ -434,16 +437,18 @@ class Store:
         public_id = new_public_id()
         with self.transaction() as db:
             user_pk, _ = self._ensure_user(db, client_pk, user_id, defaults, now)
-            user = db.execute('SELECT channels, max_channels FROM users WHERE id = ?',
-                              (user_pk,)).fetchone()
-            if user['max_channels'] is not None and user['channels'] >= user['max_channels']:
-                return None, ('maxChannels', user['max_channels'])
-            db.execute('INSERT INTO channels (public_id, client_id, user_pk, name, description, '
-                       'metadata, enabled, stream_key, created_at, updated_at) '
-                       'VALUES (?, ?, ?, ?, ?, ?, 1, ?, ?, ?)',
-                       (public_id, client_pk, user_pk, fields['name'],
-                        fields.get('description', ''), json.dumps(fields.get('metadata', {})),
-                        new_stream_key(), now, now))
+            # The limit check and the insert are one statement: no row past the limit.
+            inserted = db.execute(
+                'INSERT INTO channels (public_id, client_id, user_pk, name, description, '
+                'metadata, enabled, stream_key, created_at, updated_at) '
+                'SELECT ?, ?, id, ?, ?, ?, 1, ?, ?, ? FROM users '
+                'WHERE id = ? AND (max_channels IS NULL OR channels < max_channels)',
+                (public_id, client_pk, fields['name'], fields.get('description', ''),
+                 json.dumps(fields.get('metadata', {})), new_stream_key(), now, now,
+                 user_pk)).rowcount
+            if not inserted:
+                return None, ('maxChannels', db.execute(
+                    'SELECT max_channels FROM users WHERE id = ?', (user_pk,)).fetchone()[0])
         return self.channel(client_pk, public_id), None
 
     def update_channel(self, channel_pk, fields, now, new_key=False):
@@ -1564,6 +1569,10 @@ def health():
 # Ingest hooks #################################################################
 ###############################################################################
 
+#: A session's last-seen time is written at most this often: staleness is judged
+#: in update intervals, so more frequent writes would only queue on the write lock.
+HEARTBEAT_SECONDS = 1.0
+
 #: Why a session ended that must also stop its encoder from resuming it.
 ENFORCED_ENDS = ('channel_disabled', 'key_rotated', 'channel_deleted',
                  'max_session_seconds', 'max_bitrate')
@@ -1610,7 +1619,8 @@ def ingest_update(svc, name, key, connection, addr):
             now > live['last_seen_at']:
         metrics = dict(metrics, bitrateKbps=round(
             (metrics['bytesIn'] - live['bytes_in']) * 8 / 1000 / (now - live['last_seen_at']), 1))
-    svc.store.record_sample(live['live_session_id'], now, metrics)
+    if metrics or now - live['last_seen_at'] >= HEARTBEAT_SECONDS:
+        svc.store.record_sample(live['live_session_id'], now, metrics)
     over = None
     if live['max_session_seconds'] is not None and \
             now - live['started_at'] > live['max_session_seconds']:
@@ -1650,6 +1660,21 @@ NGINX_CALLS = ('publish', 'update_publish', 'publish_done', 'play', 'play_done')
 NGINX_OTHER_CALLS = ('connect', 'disconnect', 'done', 'record_done', 'update_play')
 
 
+def _form_fields(body):
+    """A form body as {name: first value}. nginx appends the stream's own query
+    string after its fields, so a publisher can repeat `name` or `call`: only the
+    first value is nginx's. (Cheaper than parse_qsl: most values need no decoding.)"""
+    form = {}
+    for pair in body.split('&'):
+        name, _, value = pair.partition('=')
+        if '%' in name or '+' in name:
+            name = urllib.parse.unquote_plus(name, errors='strict')
+        if name and name not in form:
+            form[name] = urllib.parse.unquote_plus(value, errors='strict') \
+                if '%' in value or '+' in value else value
+    return form
+
+
 def nginx_rtmp_hook():
     """POST /v1/hooks/nginx-rtmp: nginx-rtmp's on_* notify calls. 2xx allows,
     403 refuses (or, for update_publish, drops the stream)."""
@@ -1662,15 +1687,9 @@ def nginx_rtmp_hook():
         raise bad_request('hook body must be form data (application/x-www-form-urlencoded), '
                           'not %r' % content_type)
     try:
-        pairs = urllib.parse.parse_qsl(bottle.request.body.read().decode('utf-8'),
-                                       keep_blank_values=True, errors='strict')
+        form = _form_fields(bottle.request.body.read().decode('utf-8'))
     except ValueError:
         raise bad_request('hook body is not UTF-8 form data')
-    form = {}
-    for key, value in pairs:
-        # nginx appends the stream's own query string after its fields, so a
-        # publisher can repeat `name` or `call`: only the first value is nginx's.
-        form.setdefault(key, value)
 
     def field(name):
         return form.get(name, '')

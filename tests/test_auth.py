@@ -217,3 +217,14 @@ def test_second_start_prints_nothing(tmp_path):
 def test_first_start_with_environment_admin_prints_nothing(tmp_path):
     _, printed = start(tmp_path, {'LIVE_TOKEN_ID': 'ops', 'LIVE_TOKEN_SECRET': 's'})
     assert printed == ''
+
+
+def test_a_token_the_environment_no_longer_names_becomes_an_ordinary_admin(make_app):
+    test_app, app = make_app()
+    livestream_api.bootstrap_admin(app, {'LIVE_TOKEN_ID': 'second-admin',
+                                         'LIVE_TOKEN_SECRET': 'second-secret'})
+    test_app.authorization = ('Basic', ('second-admin', 'second-secret'))
+    clients = {c['tokenId']: c for c in test_app.get('/v1/clients').json['data']['items']}
+    assert clients['second-admin']['fromEnvironment'] is True
+    assert clients[ADMIN[0]]['fromEnvironment'] is False
+    assert test_app.delete('/v1/clients/' + ADMIN[0]).status_int == 204
