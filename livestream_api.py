@@ -39,7 +39,7 @@ import bottle
 
 __version__ = '0.1.0'
 
-#: The logger for everything this service says; the access log is its child.
+#: The logger for what this service says (the access log is written apart: AccessLog).
 log = logging.getLogger('livestream')
 
 
@@ -856,11 +856,10 @@ def read_json(max_bytes):
     """The request body as a JSON object, or a 400/413 that says what is wrong."""
     request = bottle.request
     length = request.content_length
-    if length > max_bytes:
-        raise ApiError(413, EC_TOO_LARGE, 'request body is over %d bytes' % max_bytes,
-                       {'maxBytes': max_bytes})
-    raw = request.environ['wsgi.input'].read(length if length >= 0 else max_bytes + 1)
-    if len(raw) > max_bytes:
+    # Without a Content-Length (chunked), read one byte past the limit to tell.
+    raw = b'' if length > max_bytes else \
+        request.environ['wsgi.input'].read(length if length >= 0 else max_bytes + 1)
+    if length > max_bytes or len(raw) > max_bytes:
         raise ApiError(413, EC_TOO_LARGE, 'request body is over %d bytes' % max_bytes,
                        {'maxBytes': max_bytes})
     if not raw.strip():
