@@ -180,6 +180,10 @@ def _migrations():
     return [(int(version), sql) for version, sql in zip(blocks[1::2], blocks[2::2])]
 
 
+#: How long a cached read may miss a write made by another process (the CLI).
+READ_CACHE_SECONDS = 1.0
+
+
 class Store:
     """The SQLite database: one connection per thread, kept open; writes are
     serialized by a lock in this process and BEGIN IMMEDIATE across processes."""
@@ -190,6 +194,9 @@ class Store:
         self._connections = []
         self._connections_lock = threading.Lock()
         self._write_lock = threading.Lock()
+        #: Bumped by every write transaction: what was read before is stale.
+        self.generation = 0
+        self._channels = {}  # public id -> (row, generation read at, valid until)
 
     @property
     def db(self):
@@ -226,6 +233,7 @@ class Store:
                     db.execute('ROLLBACK')
                 raise
             finally:
+                self.generation += 1
                 if not durable:
                     db.execute('PRAGMA synchronous = FULL')
 
@@ -383,12 +391,22 @@ class Store:
         'LEFT JOIN sessions s ON s.id = c.live_session_id ')
 
     def channel(self, client_pk, public_id):
-        """A channel by public id, within one client (or any client for None)."""
-        if client_pk is None:
-            return self.db.execute(self._CHANNEL_SELECT + 'WHERE c.public_id = ?',
-                                   (public_id,)).fetchone()
-        return self.db.execute(self._CHANNEL_SELECT + 'WHERE c.public_id = ? AND c.client_id = ?',
-                               (public_id, client_pk)).fetchone()
+        """A channel by public id, within one client (or any client for None).
+        Served from memory until the next write in this process (a SQLite call
+        costs a GIL hand-off under load), or READ_CACHE_SECONDS for writes made
+        by another process on the same file."""
+        now = time.monotonic()
+        entry = self._channels.get(public_id)
+        if entry and entry[1] == self.generation and entry[2] > now:
+            row = entry[0]
+        else:
+            generation = self.generation  # read first: a write during the query voids the entry
+            row = self.db.execute(self._CHANNEL_SELECT + 'WHERE c.public_id = ?',
+                                  (public_id,)).fetchone()
+            if len(self._channels) >= 10000:
+                self._channels.clear()
+            self._channels[public_id] = (row, generation, now + READ_CACHE_SECONDS)
+        return row if row and client_pk in (None, row['client_id']) else None
 
     def list_channels(self, client_pk, user_id, status, q, after, limit):
         """A page of channels, newest first, and the total matching the filters."""
@@ -736,14 +754,10 @@ class Throttle:
         self._lock = threading.Lock()
 
     def held_for(self, addr, now):
-        """Seconds left on this address's hold, or 0."""
-        with self._lock:
-            entry = self._addresses.get(addr)
-            if isinstance(entry, float):
-                if entry > now:
-                    return entry - now
-                del self._addresses[addr]
-        return 0
+        """Seconds left on this address's hold, or 0. A lone read needs no lock;
+        an expired hold is replaced by the address's next failure, or evicted."""
+        entry = self._addresses.get(addr)
+        return entry - now if isinstance(entry, float) and entry > now else 0
 
     def failed(self, addr, now):
         with self._lock:
