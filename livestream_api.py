@@ -403,7 +403,7 @@ class Store:
             generation = self.generation  # read first: a write during the query voids the entry
             row = self.db.execute(self._CHANNEL_SELECT + 'WHERE c.public_id = ?',
                                   (public_id,)).fetchone()
-            if len(self._channels) >= 10000:
+            if len(self._channels) >= 1024:  # a few MB at most
                 self._channels.clear()
             self._channels[public_id] = (row, generation, now + READ_CACHE_SECONDS)
         return row if row and client_pk in (None, row['client_id']) else None
