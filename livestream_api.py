@@ -27,7 +27,6 @@ import sqlite3
 import sys
 import threading
 import time
-import urllib.error
 import urllib.parse
 import urllib.request
 import xml.etree.ElementTree as ElementTree
@@ -196,7 +195,7 @@ class Store:
         self._write_lock = threading.Lock()
         #: Bumped by every write transaction: what was read before is stale.
         self.generation = 0
-        self._channels = {}  # public id -> (row, generation read at, valid until)
+        self._rows = {}  # (sql, args) -> (row, generation read at, valid until)
 
     @property
     def db(self):
@@ -390,22 +389,24 @@ class Store:
         'FROM channels c JOIN users u ON u.id = c.user_pk JOIN clients cl ON cl.id = c.client_id '
         'LEFT JOIN sessions s ON s.id = c.live_session_id ')
 
-    def channel(self, client_pk, public_id):
-        """A channel by public id, within one client (or any client for None).
-        Served from memory until the next write in this process (a SQLite call
-        costs a GIL hand-off under load), or READ_CACHE_SECONDS for writes made
-        by another process on the same file."""
+    def _cached_row(self, sql, args):
+        """One row, served from memory until the next write transaction in this
+        process (a SQLite call costs a GIL hand-off under load), or for
+        READ_CACHE_SECONDS at most, for writes made by another process."""
         now = time.monotonic()
-        entry = self._channels.get(public_id)
+        entry = self._rows.get((sql, args))
         if entry and entry[1] == self.generation and entry[2] > now:
-            row = entry[0]
-        else:
-            generation = self.generation  # read first: a write during the query voids the entry
-            row = self.db.execute(self._CHANNEL_SELECT + 'WHERE c.public_id = ?',
-                                  (public_id,)).fetchone()
-            if len(self._channels) >= 1024:  # a few MB at most
-                self._channels.clear()
-            self._channels[public_id] = (row, generation, now + READ_CACHE_SECONDS)
+            return entry[0]
+        generation = self.generation  # read first: a write during the query voids the entry
+        row = self.db.execute(sql, args).fetchone()
+        if len(self._rows) >= 1024:  # a few MB at most
+            self._rows.clear()
+        self._rows[(sql, args)] = (row, generation, now + READ_CACHE_SECONDS)
+        return row
+
+    def channel(self, client_pk, public_id):
+        """A channel by public id, within one client (or any client for None)."""
+        row = self._cached_row(self._CHANNEL_SELECT + 'WHERE c.public_id = ?', (public_id,))
         return row if row and client_pk in (None, row['client_id']) else None
 
     def list_channels(self, client_pk, user_id, status, q, after, limit):
@@ -532,11 +533,11 @@ class Store:
     def ingest_channel(self, public_id):
         """What the hooks need to know of a stream, in one read: the channel, its
         user's limits and its open session (the session columns NULL when idle)."""
-        return self.db.execute(
+        return self._cached_row(
             'SELECT c.id, c.live_session_id, u.max_bitrate_kbps, u.max_session_seconds, '
             's.ingest_client, s.started_at, s.last_seen_at, s.bytes_in FROM channels c '
             'JOIN users u ON u.id = c.user_pk LEFT JOIN sessions s ON s.id = c.live_session_id '
-            'WHERE c.public_id = ?', (public_id,)).fetchone()
+            'WHERE c.public_id = ?', (public_id,))
 
     def session(self, session_id):
         return self.db.execute('SELECT s.*, c.public_id AS channel_public_id FROM sessions s '
