@@ -620,7 +620,7 @@ class Store:
 
     # Statistics --------------------------------------------------------------
 
-    def totals(self, client_pk, now=None):
+    def totals(self, client_pk, now):
         """Counters of one client, or summed over all clients for None, plus the
         running figures of its live sessions as of `now` (the service's clock)."""
         where, args = ('WHERE id = ?', (client_pk,)) if client_pk else ('', ())
@@ -636,7 +636,7 @@ class Store:
             'coalesce(sum(? - s.started_at), 0) AS seconds, '
             'coalesce(sum(s.bytes_in), 0) AS bytes_in FROM channels c '
             'JOIN sessions s ON s.id = c.live_session_id WHERE c.live_session_id IS NOT NULL '
-            + where, (time.time() if now is None else now,) + args).fetchone()
+            + where, (now,) + args).fetchone()
         return totals, live
 
 
@@ -1221,8 +1221,7 @@ class Service:
 
     @property
     def default_limits(self):
-        return {LIMIT_COLUMNS[name]: self.config['limits'][LIMIT_COLUMNS[name]]
-                for name in LIMIT_COLUMNS}
+        return {column: self.config['limits'][column] for column in LIMIT_COLUMNS.values()}
 
     @property
     def stale_after(self):

@@ -6,6 +6,7 @@ import pytest
 import webtest
 
 import livestream_api
+from ingest_support import StatServer
 
 ADMIN = ('admin-token', 'admin-secret-for-tests')
 
@@ -86,3 +87,15 @@ def hook(app):
         return test_app.post('/v1/hooks/nginx-rtmp?secret=' + app.livestream.hook_secret,
                              form, status=status, expect_errors=True)
     return post
+
+
+@pytest.fixture
+def stat_server():
+    server = StatServer()
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def interval(app):
+    return app.livestream.config['ingest']['update_interval']

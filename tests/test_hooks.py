@@ -2,88 +2,13 @@
 session ends. Driven with nginx-shaped form posts (the `hook` fixture); live
 metrics come from a real local HTTP server serving nginx-rtmp /stat XML."""
 
-import copy
-import http.server
-import pathlib
-import threading
-import time
 import urllib.parse
-from xml.etree import ElementTree
 
 import pytest
 import webtest
 
-#: nginx-rtmp 1.1.4's `rtmp_stat all` while ffmpeg published (one viewer, one
-#: publisher); its stream is renamed per test by stat_xml().
-STAT_SAMPLE = pathlib.Path(__file__).parent / 'data' / 'rtmp_stat.xml'
-
-
-def stat_xml(*streams):
-    """The captured /stat XML with one <stream> per dict: name, bw_in (bit/s),
-    bytes_in, viewers, and nginx's own meta names under video / audio."""
-    root = ElementTree.parse(STAT_SAMPLE).getroot()
-    live = root.find('server/application/live')
-    sample = live.find('stream')
-    live.remove(sample)
-    viewer = next(client for client in sample.findall('client')
-                  if client.find('publishing') is None)
-    sample.remove(viewer)
-    for number, spec in enumerate(streams):
-        stream = copy.deepcopy(sample)
-        stream.find('name').text = spec['name']
-        stream.find('bw_in').text = str(spec.get('bw_in', 0))
-        stream.find('bytes_in').text = str(spec.get('bytes_in', 0))
-        for index in range(spec.get('viewers', 0)):
-            client = copy.deepcopy(viewer)
-            client.find('id').text = str(100 * (number + 1) + index)
-            stream.insert(list(stream).index(stream.find('client')), client)
-        for part in ('video', 'audio'):
-            for field, value in spec.get(part, {}).items():
-                stream.find('meta/%s/%s' % (part, field)).text = str(value)
-        stream.find('nclients').text = str(spec.get('viewers', 0) + 1)
-        live.insert(list(live).index(live.find('nclients')), stream)
-    live.find('nclients').text = str(sum(spec.get('viewers', 0) + 1 for spec in streams))
-    return ElementTree.tostring(root, encoding='utf-8', xml_declaration=True)
-
-
-class StatServer:
-    """A real HTTP server on 127.0.0.1 answering GET /stat with the XML set by serve()."""
-
-    def __init__(self):
-        self.xml = stat_xml()
-        server = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_GET(self):
-                body = server.xml if self.path == '/stat' else b'not found'
-                self.send_response(200 if self.path == '/stat' else 404)
-                self.send_header('Content-Type', 'text/xml')
-                self.send_header('Content-Length', str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *args):
-                pass
-
-        self.httpd = http.server.ThreadingHTTPServer(('127.0.0.1', 0), Handler)
-        self.url = 'http://127.0.0.1:%d/stat' % self.httpd.server_port
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-        self.thread.start()
-
-    def serve(self, *streams):
-        self.xml = stat_xml(*streams)
-
-    def close(self):
-        self.httpd.shutdown()
-        self.httpd.server_close()
-        self.thread.join(5)
-
-
-@pytest.fixture
-def stat_server():
-    server = StatServer()
-    yield server
-    server.close()
+from ingest_support import (get, iso, make_channel, publish, publish_done,
+                            sessions, stream_args, update)
 
 
 @pytest.fixture
@@ -94,52 +19,6 @@ def app(make_app, stat_server):
     # test clock: tests change the XML between hooks milliseconds apart.
     app.livestream.ingest.max_age = 0
     return app
-
-
-@pytest.fixture
-def interval(app):
-    return app.livestream.config['ingest']['update_interval']
-
-
-def iso(timestamp):
-    return time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime(timestamp))
-
-
-def make_channel(client, user_id='streamer', **limits):
-    """A new channel of `user_id`, whose limits are first set to `limits` if any."""
-    if limits:
-        client.put_json('/v1/users/' + user_id, {'limits': limits})
-    return client.post_json('/v1/channels', {'userId': user_id, 'name': 'my channel'}).json['data']
-
-
-def stream_args(channel):
-    """(name, key) as nginx-rtmp gets them when OBS publishes streamUrl/streamId."""
-    name, args = channel['streamId'].split('?', 1)
-    return name, urllib.parse.parse_qs(args)['key'][0]
-
-
-def publish(hook, channel, clientid='1', key=None):
-    name, right_key = stream_args(channel)
-    return hook('publish', name, clientid=clientid, type='live',
-                key=right_key if key is None else key)
-
-
-def update(hook, channel, clientid='1'):
-    name, key = stream_args(channel)
-    return hook('update_publish', name, clientid=clientid, time='10', timestamp='10000', key=key)
-
-
-def publish_done(hook, channel, clientid='1'):
-    name, key = stream_args(channel)
-    return hook('publish_done', name, clientid=clientid, key=key)
-
-
-def get(client, channel):
-    return client.get('/v1/channels/' + channel['id']).json['data']
-
-
-def sessions(client, channel):
-    return client.get('/v1/channels/%s/sessions' % channel['id']).json['data']
 
 
 def assert_refused(answer):

@@ -8,9 +8,8 @@ from xml.etree import ElementTree
 
 import pytest
 
-from test_hooks import interval, stat_server  # noqa: F401 (fixtures shared with test_hooks)
-from test_hooks import (StatServer, get, iso, make_channel, publish, publish_done, sessions,
-                        update)
+from ingest_support import (StatServer, get, iso, make_channel, publish, publish_done,
+                            sessions, update)
 
 
 @pytest.fixture
