@@ -183,12 +183,40 @@ def _migrations():
 READ_CACHE_SECONDS = 1.0
 
 
+def _iso_sql(column):
+    """SQL for iso(): ISO 8601 UTC with a Z of a unix time, or NULL."""
+    return "strftime('%Y-%m-%dT%H:%M:%SZ', CAST(" + column + " AS INTEGER), 'unixepoch')"
+
+
+def _channel_object(admin):
+    """SQL building a channel's API object (README "Objects") from a channel row
+    (Store._CHANNEL_ROWS): SQLite renders a page of channels as one value, so
+    the page is one row fetched instead of 21, and each fetch costs a GIL
+    hand-off under load. The ingest URLs come from the connection's temp table."""
+    return (
+        "json_object('id', public_id, 'userId', user_id, 'name', name, "
+        "'description', description, 'metadata', json(metadata), "
+        "'enabled', json(CASE WHEN enabled THEN 'true' ELSE 'false' END), 'status', status, "
+        "'streamUrl', (SELECT rtmp_url FROM temp.ingest), "
+        "'streamId', public_id || '?key=' || stream_key, "
+        "'playback', json_object("
+        "'hls', (SELECT hls_url FROM temp.ingest) || '/' || public_id || '.m3u8', "
+        "'rtmp', (SELECT rtmp_url FROM temp.ingest) || '/' || public_id), "
+        "'liveSince', " + _iso_sql('live_since') + ", 'createdAt', " + _iso_sql('created_at')
+        + ", 'updatedAt', " + _iso_sql('updated_at')
+        + (", 'clientId', client_public_id)" if admin else ")"))
+
+
+CHANNEL_OBJECT, ADMIN_CHANNEL_OBJECT = _channel_object(False), _channel_object(True)
+
+
 class Store:
     """The SQLite database: one connection per thread, kept open; writes are
     serialized by a lock in this process and BEGIN IMMEDIATE across processes."""
 
-    def __init__(self, path):
+    def __init__(self, path, rtmp_url='', hls_url=''):
         self.path = str(path)
+        self._urls = (rtmp_url, hls_url)  # for channel objects (CHANNEL_OBJECT)
         self._local = threading.local()
         self._connections = []
         self._connections_lock = threading.Lock()
@@ -209,6 +237,8 @@ class Store:
             # (transaction(durable=False) relaxes it for ingest heartbeats).
             conn.executescript('PRAGMA journal_mode = WAL; PRAGMA foreign_keys = ON;'
                                'PRAGMA busy_timeout = 10000; PRAGMA synchronous = FULL;')
+            conn.execute('CREATE TEMP TABLE ingest AS SELECT ? AS rtmp_url, ? AS hls_url',
+                         self._urls)
             self._local.conn = conn
             with self._connections_lock:
                 self._connections.append(conn)
@@ -384,8 +414,12 @@ class Store:
 
     # Channels ----------------------------------------------------------------
 
-    _CHANNEL_SELECT = (
-        'SELECT c.*, u.user_id, cl.public_id AS client_public_id, s.started_at AS live_since '
+    #: A channel row: the channel's columns, its user's id, its client's public id,
+    #: when it went live and its status.
+    _CHANNEL_ROWS = (
+        'SELECT c.*, u.user_id, cl.public_id AS client_public_id, s.started_at AS live_since, '
+        "CASE WHEN NOT c.enabled THEN 'disabled' WHEN c.live_session_id IS NOT NULL "
+        "THEN 'live' ELSE 'idle' END AS status "
         'FROM channels c JOIN users u ON u.id = c.user_pk JOIN clients cl ON cl.id = c.client_id '
         'LEFT JOIN sessions s ON s.id = c.live_session_id ')
 
@@ -405,12 +439,17 @@ class Store:
         return row
 
     def channel(self, client_pk, public_id):
-        """A channel by public id, within one client (or any client for None)."""
-        row = self._cached_row(self._CHANNEL_SELECT + 'WHERE c.public_id = ?', (public_id,))
+        """A channel row by public id, within one client (or any client for None),
+        with its API object as JSON text: `json`, and `admin_json` with clientId."""
+        row = self._cached_row('SELECT *, %s AS json, %s AS admin_json FROM (%sWHERE '
+                               'c.public_id = ?)' % (CHANNEL_OBJECT, ADMIN_CHANNEL_OBJECT,
+                                                     self._CHANNEL_ROWS), (public_id,))
         return row if row and client_pk in (None, row['client_id']) else None
 
-    def list_channels(self, client_pk, user_id, status, q, after, limit):
-        """A page of channels, newest first, and the total matching the filters."""
+    def list_channels(self, client_pk, user_id, status, q, after, limit, admin):
+        """A page of channels, newest first, in one statement and one row (a row
+        fetched costs a GIL hand-off under load): (the page's channel objects as a
+        JSON array, whether more follow, the next page's `after`, the total matching)."""
         where, args = [], []
         # `+` keeps the planner off channels_by_client where a sharper index exists
         # (the user's channels, the live ones, the name index; each filter is an
@@ -431,24 +470,30 @@ class Store:
             where.append('c.live_session_id IS NULL AND c.enabled = 1')
         elif status == 'disabled':
             where.append('c.enabled = 0')
-        if q and len(q) >= 3:  # trigrams need three characters; LIKE below decides
+        if q and len(q) >= 3:  # trigrams need three characters; instr() below decides
             where.append('c.id IN (SELECT rowid FROM channel_names WHERE channel_names MATCH ?)')
             args.append('"%s"' % q.replace('"', '""'))
-        if q:
-            where.append("c.name LIKE ? ESCAPE '\\'")
-            args.append('%' + re.sub(r'([\\%_])', r'\\\1', q) + '%')
+        if q:  # LIKE's case rule (ASCII only), without LIKE's re-prepare at every bind
+            where.append('instr(lower(c.name), lower(?))')
+            args.append(q)
         filters = ' AND '.join(where) or '1'
-        rows = self.db.execute(self._CHANNEL_SELECT + 'WHERE %s AND c.id < ? '
-                               'ORDER BY c.id DESC LIMIT ?' % filters,
-                               args + [after, limit + 1]).fetchall()
-        if user_id is None and status is None and not q:
-            total = self.db.execute('SELECT coalesce(sum(channels), 0) FROM clients'
-                                    + (' WHERE id = ?' if client_pk else ''),
-                                    args).fetchone()[0]
+        if user_id is None and status is None and not q:  # the counter the triggers keep
+            total = ('(SELECT coalesce(sum(channels), 0) FROM clients%s)'
+                     % (' WHERE id = ?' if client_pk else ''), args[:1])
         else:
-            total = self.db.execute('SELECT count(*) FROM channels c JOIN users u '
-                                    'ON u.id = c.user_pk WHERE ' + filters, args).fetchone()[0]
-        return rows, total
+            total = ('(SELECT count(*) FROM channels c JOIN users u ON u.id = c.user_pk '
+                     'WHERE %s)' % filters, args)
+        # One more row than the page tells whether more follow; it is then dropped
+        # from the array, and the cursor points just above it (ids below it + 1).
+        # The rows come in id order from the index and LIMIT stops the scan.
+        sql = ('SELECT CASE WHEN n > ? THEN json_remove(items, \'$[#-1]\') ELSE items END, '
+               'n > ?, last + 1, %s FROM (SELECT json_group_array(%s) AS items, '
+               'count(*) AS n, min(id) AS last FROM (%sWHERE %s AND c.id < ? '
+               'ORDER BY c.id DESC LIMIT ?))'
+               % (total[0], ADMIN_CHANNEL_OBJECT if admin else CHANNEL_OBJECT,
+                  self._CHANNEL_ROWS, filters))
+        return tuple(self.db.execute(sql, [limit, limit] + total[1] + args
+                                     + [after, limit + 1]).fetchone())
 
     def create_channel(self, client_pk, user_id, fields, defaults, now):
         """Insert a channel for the user (created with `defaults` if new).
@@ -710,10 +755,16 @@ def invalid(fields):
                     {'fields': fields})
 
 
+class RawJSON(str):
+    """JSON text made elsewhere (channel objects, by SQLite), answered as it is."""
+
+
 def envelope(data, status=200):
     """The success answer: {"ec": 0, "data": ...} as JSON with `status`."""
     bottle.response.status = status
     bottle.response.content_type = 'application/json'
+    if isinstance(data, RawJSON):
+        return '{"ec":%d,"data":%s}' % (EC_OK, data)
     return json.dumps({'ec': EC_OK, 'data': data}, separators=(',', ':'))
 
 
@@ -1011,11 +1062,19 @@ def page(rows, total, limit, render):
     """A list answer: {items, total, nextCursor} from up to limit + 1 rows."""
     more = len(rows) > limit
     rows = rows[:limit]
-    cursor = None
-    if more:
-        cursor = base64.urlsafe_b64encode(json.dumps({'a': rows[-1]['id']}).encode()) \
-            .decode().rstrip('=')
-    return {'items': [render(row) for row in rows], 'total': total, 'nextCursor': cursor}
+    return {'items': [render(row) for row in rows], 'total': total,
+            'nextCursor': next_cursor(rows[-1]['id']) if more else None}
+
+
+def json_page(items, more, after, total):
+    """page() for items already rendered as a JSON array."""
+    return RawJSON('{"items":%s,"total":%d,"nextCursor":%s}'
+                   % (items, total, json.dumps(next_cursor(after) if more else None)))
+
+
+def next_cursor(after):
+    """The opaque cursor page_params() reads back: the next page has ids below `after`."""
+    return base64.urlsafe_b64encode(json.dumps({'a': after}).encode()).decode().rstrip('=')
 
 
 def force_param(params):
@@ -1053,29 +1112,6 @@ def user_json(row, admin):
     if admin:
         user['clientId'] = row['client_public_id']
     return user
-
-
-def channel_status(row):
-    if not row['enabled']:
-        return 'disabled'
-    return 'live' if row['live_session_id'] is not None else 'idle'
-
-
-def channel_json(row, ingest, admin):
-    channel = {
-        'id': row['public_id'], 'userId': row['user_id'], 'name': row['name'],
-        'description': row['description'],
-        'metadata': json.loads(row['metadata']) if row['metadata'] != '{}' else {},
-        'enabled': bool(row['enabled']), 'status': channel_status(row),
-        'streamUrl': ingest['rtmp_url'],
-        'streamId': '%s?key=%s' % (row['public_id'], row['stream_key']),
-        'playback': {'hls': '%s/%s.m3u8' % (ingest['hls_url'], row['public_id']),
-                     'rtmp': '%s/%s' % (ingest['rtmp_url'], row['public_id'])},
-        'liveSince': iso(row['live_since']),
-        'createdAt': iso(row['created_at']), 'updatedAt': iso(row['updated_at'])}
-    if admin:
-        channel['clientId'] = row['client_public_id']
-    return channel
 
 
 def session_json(row, now):
@@ -1199,7 +1235,8 @@ class Service:
 
     def __init__(self, config, clock):
         self.config, self.clock = config, clock
-        self.store = Store(config['database']['path'])
+        self.store = Store(config['database']['path'], config['ingest']['rtmp_url'],
+                           config['ingest']['hls_url'])
         self.throttle = Throttle(config['auth']['throttle_failures'],
                                  config['auth']['throttle_seconds'])
         self.ingest = IngestStats(config['ingest']['stat_url'])
@@ -1415,14 +1452,9 @@ def _channel(channel_id):
     return channel
 
 
-def _channel_renderer():
-    """row -> channel object for this request's caller."""
-    ingest, admin = service().config['ingest'], is_admin(caller())
-    return lambda row: channel_json(row, ingest, admin)
-
-
 def _render_channel(row):
-    return _channel_renderer()(row)
+    """The channel object for this request's caller (built by SQLite: CHANNEL_OBJECT)."""
+    return RawJSON(row['admin_json'] if is_admin(caller()) else row['json'])
 
 
 def create_channel():
@@ -1455,9 +1487,8 @@ def list_channels():
         raise bad_request('userId must be 1-64 characters of A-Z a-z 0-9 _ . -')
     svc = service()
     svc.end_stale_sessions()
-    rows, total = svc.store.list_channels(client_pk, user_id, status, q,
-                                          after, limit)
-    return envelope(page(rows, total, limit, _channel_renderer()))
+    return envelope(json_page(*svc.store.list_channels(
+        client_pk, user_id, status, q, after, limit, is_admin(caller()))))
 
 
 def get_channel(channel_id):
@@ -1527,7 +1558,7 @@ def channel_stats(channel_id):
                    'audio': json.loads(session['audio']) if session['audio'] else None}
         totals['liveSeconds'] = round(channel['live_seconds'] + duration)
         totals['bytesIn'] += session['bytes_in']
-    return envelope({'status': channel_status(channel), 'current': current, 'totals': totals})
+    return envelope({'status': channel['status'], 'current': current, 'totals': totals})
 
 
 def list_sessions(channel_id):

@@ -378,6 +378,41 @@ def test_list_is_newest_first_with_the_envelope_shape(client):
     assert all(set(item) == CHANNEL_FIELDS for item in listing['items'])
 
 
+def test_list_items_are_the_objects_get_returns(client, admin, hook, clock):
+    """A page is rendered in one SQL statement and a GET from the row cache: the
+    same object either way, awkward text and numbers included."""
+    clock.now = 1_800_000_000.999  # a second's fraction is dropped, never rounded up
+    plain = create(client, name='plain')
+    odd = create(client, user_id='bob', name='Quote " back\\slash \u00e9t\u00e9 \U0001f3a5 </script>',
+                 description='tab\there', metadata={
+                     'big': 123456789012345678901234567890, 'float': 1.5, 'exp': 1e100,
+                     'none': None, 'yes': True, 'nested': {'list': [1, 'two', {'3': []}]},
+                     'unicode \u2603': '\u00fc'})
+    clock.advance(1)
+    live = create(client, name='live')
+    assert hook('publish', live['id'], key=key_of(live)).status_int == 200
+    disabled = create(client, name='off')
+    client.patch_json('/v1/channels/' + disabled['id'], {'enabled': False})
+
+    assert odd['name'] == 'Quote " back\\slash \u00e9t\u00e9 \U0001f3a5 </script>'
+    assert odd['description'] == 'tab\there'
+    assert odd['metadata']['big'] == 123456789012345678901234567890
+    assert odd['metadata']['exp'] == 1e100 and odd['metadata']['nested']['list'][2] == {'3': []}
+    assert plain['createdAt'] == iso(1_800_000_000) == '2027-01-15T08:00:00Z'
+    for caller, extra in ((client, set()), (admin, {'clientId'})):
+        listing = caller.get('/v1/channels?limit=100').json['data']
+        mine = [item for item in listing['items']
+                if item['id'] in {plain['id'], odd['id'], live['id'], disabled['id']}]
+        assert [item['id'] for item in mine] == [disabled['id'], live['id'], odd['id'],
+                                                  plain['id']]
+        for item in mine:
+            assert set(item) == CHANNEL_FIELDS | extra
+            assert item == caller.get('/v1/channels/' + item['id']).json['data']
+        assert [item['status'] for item in mine] == ['disabled', 'live', 'idle', 'idle']
+        assert mine[1]['liveSince'] == iso(1_800_000_001)
+        assert mine[2] == dict(odd, **({'clientId': client.client['id']} if extra else {}))
+
+
 def test_list_default_limit_is_20(client):
     for n in range(21):
         create(client, name='c%d' % n)
