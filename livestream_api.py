@@ -221,8 +221,10 @@ class Store:
         self._connections = []
         self._connections_lock = threading.Lock()
         self._write_lock = threading.Lock()
-        #: Bumped by every write transaction: what was read before is stale.
+        #: Bumped by every write transaction: what was read before is stale...
         self.generation = 0
+        #: ...and by every one that can change a channel object (not heartbeats).
+        self.channels_generation = 0
         self._rows = {}  # (sql, args) -> (row, generation read at, valid until)
 
     @property
@@ -245,10 +247,11 @@ class Store:
         return conn
 
     @contextlib.contextmanager
-    def transaction(self, durable=True):
+    def transaction(self, durable=True, channels=True):
         """A write transaction: committed on success, rolled back and re-raised on error.
         durable=False skips the fsync at commit (synchronous=NORMAL): for figures the
-        ingest re-sends every update, which a crash cannot lose but power loss may."""
+        ingest re-sends every update, which a crash cannot lose but power loss may.
+        channels=False: it changes no channel object (cached reads of them stand)."""
         db = self.db
         with self._write_lock:
             if not durable:
@@ -263,6 +266,7 @@ class Store:
                 raise
             finally:
                 self.generation += 1
+                self.channels_generation += channels
                 if not durable:
                     db.execute('PRAGMA synchronous = FULL')
 
@@ -423,15 +427,18 @@ class Store:
         'FROM channels c JOIN users u ON u.id = c.user_pk JOIN clients cl ON cl.id = c.client_id '
         'LEFT JOIN sessions s ON s.id = c.live_session_id ')
 
-    def _cached_row(self, sql, args):
+    def _cached_row(self, sql, args, channels=False):
         """One row, served from memory until the next write transaction in this
         process (a SQLite call costs a GIL hand-off under load), or for
-        READ_CACHE_SECONDS at most, for writes made by another process."""
+        READ_CACHE_SECONDS at most, for writes made by another process.
+        channels=True: the row holds only channel objects and what they are made
+        of, so only a write that can change one voids it."""
         now = time.monotonic()
         entry = self._rows.get((sql, args))
-        if entry and entry[1] == self.generation and entry[2] > now:
+        current = self.channels_generation if channels else self.generation
+        if entry and entry[1] == current and entry[2] > now:
             return entry[0]
-        generation = self.generation  # read first: a write during the query voids the entry
+        generation = current  # read first: a write during the query voids the entry
         row = self.db.execute(sql, args).fetchone()
         if len(self._rows) >= 1024:  # a few MB at most
             self._rows.clear()
@@ -443,13 +450,15 @@ class Store:
         with its API object as JSON text: `json`, and `admin_json` with clientId."""
         row = self._cached_row('SELECT *, %s AS json, %s AS admin_json FROM (%sWHERE '
                                'c.public_id = ?)' % (CHANNEL_OBJECT, ADMIN_CHANNEL_OBJECT,
-                                                     self._CHANNEL_ROWS), (public_id,))
+                                                     self._CHANNEL_ROWS), (public_id,),
+                               channels=True)
         return row if row and client_pk in (None, row['client_id']) else None
 
     def list_channels(self, client_pk, user_id, status, q, after, limit, admin):
         """A page of channels, newest first, in one statement and one row (a row
-        fetched costs a GIL hand-off under load): (the page's channel objects as a
-        JSON array, whether more follow, the next page's `after`, the total matching)."""
+        fetched costs a GIL hand-off under load), cached like a channel: (the page's
+        channel objects as a JSON array, whether more follow, the next page's
+        `after`, the total matching)."""
         where, args = [], []
         # `+` keeps the planner off channels_by_client where a sharper index exists
         # (the user's channels, the live ones, the name index; each filter is an
@@ -492,8 +501,8 @@ class Store:
                'ORDER BY c.id DESC LIMIT ?))'
                % (total[0], ADMIN_CHANNEL_OBJECT if admin else CHANNEL_OBJECT,
                   self._CHANNEL_ROWS, filters))
-        return tuple(self.db.execute(sql, [limit, limit] + total[1] + args
-                                     + [after, limit + 1]).fetchone())
+        return tuple(self._cached_row(sql, tuple([limit, limit] + total[1] + args
+                                                 + [after, limit + 1]), channels=True))
 
     def create_channel(self, client_pk, user_id, fields, defaults, now):
         """Insert a channel for the user (created with `defaults` if new).
@@ -629,7 +638,7 @@ class Store:
 
     def record_sample(self, session_id, now, metrics):
         """Refresh an open session's last-seen time and, if measured, its metrics."""
-        with self.transaction(durable=False) as db:
+        with self.transaction(durable=False, channels=False) as db:
             if metrics is None:
                 db.execute('UPDATE sessions SET last_seen_at = ? WHERE id = ?', (now, session_id))
                 return
@@ -648,7 +657,7 @@ class Store:
                         metrics['viewers']))
 
     def add_viewer(self, public_id, delta):
-        with self.transaction() as db:
+        with self.transaction(channels=False) as db:
             db.execute('UPDATE sessions SET viewers = max(0, viewers + ?), '
                        'peak_viewers = max(peak_viewers, viewers + ?) '
                        'WHERE id = (SELECT live_session_id FROM channels WHERE public_id = ?)',

@@ -88,8 +88,11 @@ def hook_form(call, live):
         ('name', live['id']), ('type', 'live'), ('key', live['key'])])
 
 
-ENDPOINT_NAMES = ('health', 'get_channel', 'list', 'list_q', 'channel_stats', 'stats', 'create',
-                  'hook')
+ENDPOINT_NAMES = ('health', 'get_channel', 'list', 'list_uncached', 'list_q', 'channel_stats',
+                  'stats', 'create', 'hook')
+#: More distinct pages than the server's read cache holds (1,024 entries), requested
+#: round-robin: every request of list_uncached misses the cache.
+UNCACHED_PAGES = 1500
 
 
 def endpoints(info):
@@ -102,6 +105,9 @@ def endpoints(info):
                  ['/v1/channels/%s' % cid for cid in info['sample_ids']], 200, 0.70, auth=app),
         Endpoint('list', 'GET /v1/channels?limit=20', 'GET', ['/v1/channels?limit=20'], 200,
                  0.45, auth=app),
+        Endpoint('list_uncached', 'GET /v1/channels?limit=20&cursor=... (uncached)', 'GET',
+                 ['/v1/channels?limit=20&cursor=%s' % livestream_api.next_cursor(after)
+                  for after in range(30, 30 + UNCACHED_PAGES)], 200, auth=app),
         Endpoint('list_q', 'GET /v1/channels?q=%s' % info['q'], 'GET',
                  ['/v1/channels?q=%s' % info['q']], 200, 0.45, auth=app),
         Endpoint('channel_stats', 'GET /v1/channels/{id}/stats', 'GET',

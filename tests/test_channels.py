@@ -413,6 +413,44 @@ def test_list_items_are_the_objects_get_returns(client, admin, hook, clock):
         assert mine[2] == dict(odd, **({'clientId': client.client['id']} if extra else {}))
 
 
+def test_a_cached_page_follows_every_write_at_once(client, admin, hook, clock, interval):
+    """Pages are served from memory until a write that can change a channel; each
+    step below changes what the same page shows, and the next read shows it."""
+    channel = create(client, name='first')
+    page = lambda: client.get('/v1/channels?limit=5').json['data']  # noqa: E731
+    shown = lambda: {item['id']: item for item in page()['items']}  # noqa: E731
+    assert list(shown()) == [channel['id']]
+    other = create(client, user_id='bob', name='second')
+    assert list(shown()) == [other['id'], channel['id']] and page()['total'] == 2
+    client.patch_json('/v1/channels/' + channel['id'], {'name': 'renamed'})
+    assert shown()[channel['id']]['name'] == 'renamed'
+    rotated = client.post('/v1/channels/%s/rotate-key' % channel['id']).json['data']
+    assert shown()[channel['id']]['streamId'] == rotated['streamId'] != channel['streamId']
+    assert hook('publish', channel['id'], key=key_of(rotated)).status_int == 200
+    assert shown()[channel['id']]['status'] == 'live'
+    clock.advance(2)
+    assert hook('update_publish', channel['id'], key=key_of(rotated)).status_int == 200
+    assert shown()[channel['id']]['status'] == 'live'
+    clock.advance(3 * interval + 1)  # no word from the encoder: the session goes stale
+    assert shown()[channel['id']]['status'] == 'idle'
+    assert hook('publish', channel['id'], key=key_of(rotated)).status_int == 200
+    assert shown()[channel['id']]['status'] == 'live'
+    assert hook('publish_done', channel['id'], key=key_of(rotated)).status_int == 200
+    assert shown()[channel['id']]['status'] == 'idle'
+    client.patch_json('/v1/channels/' + channel['id'], {'enabled': False})
+    assert shown()[channel['id']]['status'] == 'disabled'
+    client.delete('/v1/channels/' + channel['id'], status=204)
+    assert list(shown()) == [other['id']] and page()['total'] == 1
+    client.delete('/v1/users/bob?force=true', status=204)
+    assert page() == {'items': [], 'total': 0, 'nextCursor': None}
+    third = create(client, name='third')
+    assert third['id'] in {item['id'] for item in
+                           admin.get('/v1/channels?limit=100').json['data']['items']}
+    admin.delete('/v1/clients/%s?force=true' % client.client['tokenId'], status=204)
+    assert third['id'] not in {item['id'] for item in
+                               admin.get('/v1/channels?limit=100').json['data']['items']}
+
+
 def test_list_default_limit_is_20(client):
     for n in range(21):
         create(client, name='c%d' % n)
