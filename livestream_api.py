@@ -1255,6 +1255,9 @@ class Service:
         #: Authorization header -> (client row, valid until): a verified login is
         #: trusted for LOGIN_SECONDS, so most requests skip the SQL and the hash.
         self.logins = {}
+        #: Session id -> when its next heartbeat may be written (heartbeat_due()).
+        self.heartbeats = {}
+        self.heartbeats_lock = threading.Lock()
 
     def remember_login(self, header, client, now):
         if len(self.logins) >= 1024:
@@ -1626,6 +1629,21 @@ def health():
 #: in update intervals, so more frequent writes would only queue on the write lock.
 HEARTBEAT_SECONDS = 1.0
 
+
+def heartbeat_due(svc, live, now):
+    """Whether this hook call writes the session's heartbeat: a second since the
+    last one, and no other call in this process already writing it (under load,
+    every call in flight would see the same old row and queue the same write)."""
+    if now - live['last_seen_at'] < HEARTBEAT_SECONDS:
+        return False
+    with svc.heartbeats_lock:
+        if svc.heartbeats.get(live['live_session_id'], now) > now:
+            return False
+        if len(svc.heartbeats) >= 10000:  # sessions long gone; a lost entry costs one write
+            svc.heartbeats.clear()
+        svc.heartbeats[live['live_session_id']] = now + HEARTBEAT_SECONDS
+        return True
+
 #: Why a session ended that must also stop its encoder from resuming it.
 ENFORCED_ENDS = ('channel_disabled', 'key_rotated', 'channel_deleted',
                  'max_session_seconds', 'max_bitrate')
@@ -1672,7 +1690,7 @@ def ingest_update(svc, name, key, connection, addr):
             now > live['last_seen_at']:
         metrics = dict(metrics, bitrateKbps=round(
             (metrics['bytesIn'] - live['bytes_in']) * 8 / 1000 / (now - live['last_seen_at']), 1))
-    if metrics or now - live['last_seen_at'] >= HEARTBEAT_SECONDS:
+    if metrics or heartbeat_due(svc, live, now):
         svc.store.record_sample(live['live_session_id'], now, metrics)
     over = None
     if live['max_session_seconds'] is not None and \
