@@ -189,10 +189,8 @@ def _iso_sql(column):
 
 
 def _channel_object(admin):
-    """SQL building a channel's API object (README "Objects") from a channel row
-    (Store._CHANNEL_ROWS): SQLite renders a page of channels as one value, so
-    the page is one row fetched instead of 21, and each fetch costs a GIL
-    hand-off under load. The ingest URLs come from the connection's temp table."""
+    """SQL for a channel's API object (README "Objects") from a Store._CHANNEL_ROWS
+    row; the ingest URLs come from each connection's temp.ingest table."""
     return (
         "json_object('id', public_id, 'userId', user_id, 'name', name, "
         "'description', description, 'metadata', json(metadata), "
@@ -207,6 +205,9 @@ def _channel_object(admin):
         + (", 'clientId', client_public_id)" if admin else ")"))
 
 
+#: The channel object, built by SQLite (for an admin, with clientId): a page of
+#: channels is then one value in one row, not 21 rows to fetch (each fetch is a GIL
+#: hand-off under load) and render in Python.
 CHANNEL_OBJECT, ADMIN_CHANNEL_OBJECT = _channel_object(False), _channel_object(True)
 
 
@@ -455,10 +456,8 @@ class Store:
         return row if row and client_pk in (None, row['client_id']) else None
 
     def list_channels(self, client_pk, user_id, status, q, after, limit, admin):
-        """A page of channels, newest first, in one statement and one row (a row
-        fetched costs a GIL hand-off under load), cached like a channel: (the page's
-        channel objects as a JSON array, whether more follow, the next page's
-        `after`, the total matching)."""
+        """A page of channels, newest first, as one cached row: (the channel objects
+        as a JSON array, whether more follow, the next page's `after`, the total)."""
         where, args = [], []
         # `+` keeps the planner off channels_by_client where a sharper index exists
         # (the user's channels, the live ones, the name index; each filter is an

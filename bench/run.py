@@ -12,6 +12,10 @@ and reports medians over the runs: requests/s, p50, p99, and the ratio of the
 ceiling's requests/s measured in the same pair (absolute numbers drift on a
 shared machine; ratios are what we compare).
 
+wrk repeats the same request, so reads the server caches (a channel, a page of
+channels) measure cache hits; list_uncached requests UNCACHED_PAGES distinct pages
+round-robin, more than the cache holds, so each of its requests runs its SQL.
+
 --scale  also seeds 100k channels across 10k users with 1M sessions (bulk SQL,
          bench/seed.py) and repeats the read measurements, each as a slowdown
          against its figure at 1k channels, and the server's peak RSS (VmHWM).
