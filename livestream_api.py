@@ -182,6 +182,9 @@ def _migrations():
 #: How long a cached read may miss a write made by another process (the CLI).
 READ_CACHE_SECONDS = 1.0
 
+#: The most rows, and the most bytes of text in them, the read cache holds.
+READ_CACHE_ROWS, READ_CACHE_BYTES = 1024, 8 * 1024 * 1024
+
 
 def _iso_sql(column):
     """SQL for iso(): ISO 8601 UTC with a Z of a unix time, or NULL."""
@@ -227,6 +230,7 @@ class Store:
         #: ...and by every one that can change a channel object (not heartbeats).
         self.channels_generation = 0
         self._rows = {}  # (sql, args) -> (row, generation read at, valid until)
+        self._rows_bytes = 0
 
     @property
     def db(self):
@@ -441,9 +445,12 @@ class Store:
             return entry[0]
         generation = current  # read first: a write during the query voids the entry
         row = self.db.execute(sql, args).fetchone()
-        if len(self._rows) >= 1024:  # a few MB at most
+        size = sum(len(value) for value in row or () if isinstance(value, str))
+        if len(self._rows) >= READ_CACHE_ROWS or self._rows_bytes + size > READ_CACHE_BYTES:
             self._rows.clear()
+            self._rows_bytes = 0
         self._rows[(sql, args)] = (row, generation, now + READ_CACHE_SECONDS)
+        self._rows_bytes += size
         return row
 
     def channel(self, client_pk, public_id):

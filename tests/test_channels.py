@@ -8,6 +8,7 @@ from datetime import datetime, timezone
 import pytest
 import webtest
 
+import livestream_api
 from conftest import ADMIN
 
 PUBLIC_ID = re.compile(r'^[a-z2-7]{16}$')
@@ -449,6 +450,19 @@ def test_a_cached_page_follows_every_write_at_once(client, admin, hook, clock, i
     admin.delete('/v1/clients/%s?force=true' % client.client['tokenId'], status=204)
     assert third['id'] not in {item['id'] for item in
                                admin.get('/v1/channels?limit=100').json['data']['items']}
+
+
+def test_the_read_cache_keeps_to_its_byte_budget(client, app, monkeypatch):
+    monkeypatch.setattr(livestream_api, 'READ_CACHE_BYTES', 200_000)
+    created = [create(client, name='c%d' % n, description='d' * 2000)['id'] for n in range(30)]
+    store = app.livestream.store
+    seen = set()
+    for limit in range(5, 30):  # 25 distinct pages of 12-70 kB each: 1 MB uncapped
+        listing = client.get('/v1/channels?limit=%d' % limit).json['data']
+        assert ids_of(listing) == created[::-1][:limit]
+        assert 0 < store._rows_bytes <= 200_000
+        seen.add(store._rows_bytes)
+    assert len(seen) > 1
 
 
 def test_list_default_limit_is_20(client):
