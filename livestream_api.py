@@ -218,7 +218,7 @@ class Store:
     """The SQLite database: one connection per thread, kept open; writes are
     serialized by a lock in this process and BEGIN IMMEDIATE across processes."""
 
-    def __init__(self, path, rtmp_url='', hls_url=''):
+    def __init__(self, path, rtmp_url, hls_url):
         self.path = str(path)
         self._urls = (rtmp_url, hls_url)  # for channel objects (CHANNEL_OBJECT)
         self._local = threading.local()
@@ -271,7 +271,8 @@ class Store:
                 raise
             finally:
                 self.generation += 1
-                self.channels_generation += channels
+                if channels:
+                    self.channels_generation += 1
                 if not durable:
                     db.execute('PRAGMA synchronous = FULL')
 
@@ -493,11 +494,13 @@ class Store:
             args.append(q)
         filters = ' AND '.join(where) or '1'
         if user_id is None and status is None and not q:  # the counter the triggers keep
-            total = ('(SELECT coalesce(sum(channels), 0) FROM clients%s)'
-                     % (' WHERE id = ?' if client_pk else ''), args[:1])
+            total_sql = ('(SELECT coalesce(sum(channels), 0) FROM clients%s)'
+                         % (' WHERE id = ?' if client_pk else ''))
+            total_args = args[:1]
         else:
-            total = ('(SELECT count(*) FROM channels c JOIN users u ON u.id = c.user_pk '
-                     'WHERE %s)' % filters, args)
+            total_sql = ('(SELECT count(*) FROM channels c JOIN users u ON u.id = c.user_pk '
+                         'WHERE %s)' % filters)
+            total_args = args
         # One more row than the page tells whether more follow; it is then dropped
         # from the array, and the cursor points just above it (ids below it + 1).
         # The rows come in id order from the index and LIMIT stops the scan.
@@ -505,9 +508,9 @@ class Store:
                'n > ?, last + 1, %s FROM (SELECT json_group_array(%s) AS items, '
                'count(*) AS n, min(id) AS last FROM (%sWHERE %s AND c.id < ? '
                'ORDER BY c.id DESC LIMIT ?))'
-               % (total[0], ADMIN_CHANNEL_OBJECT if admin else CHANNEL_OBJECT,
+               % (total_sql, ADMIN_CHANNEL_OBJECT if admin else CHANNEL_OBJECT,
                   self._CHANNEL_ROWS, filters))
-        return tuple(self._cached_row(sql, tuple([limit, limit] + total[1] + args
+        return tuple(self._cached_row(sql, tuple([limit, limit] + total_args + args
                                                  + [after, limit + 1]), channels=True))
 
     def create_channel(self, client_pk, user_id, fields, defaults, now):
@@ -1649,6 +1652,7 @@ def heartbeat_due(svc, live, now):
             svc.heartbeats.clear()
         svc.heartbeats[live['live_session_id']] = now + HEARTBEAT_SECONDS
         return True
+
 
 #: Why a session ended that must also stop its encoder from resuming it.
 ENFORCED_ENDS = ('channel_disabled', 'key_rotated', 'channel_deleted',

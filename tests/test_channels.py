@@ -417,9 +417,13 @@ def test_list_items_are_the_objects_get_returns(client, admin, hook, clock):
 def test_a_cached_page_follows_every_write_at_once(client, admin, hook, clock, interval):
     """Pages are served from memory until a write that can change a channel; each
     step below changes what the same page shows, and the next read shows it."""
+    def page():
+        return client.get('/v1/channels?limit=5').json['data']
+
+    def shown():
+        return {item['id']: item for item in page()['items']}
+
     channel = create(client, name='first')
-    page = lambda: client.get('/v1/channels?limit=5').json['data']  # noqa: E731
-    shown = lambda: {item['id']: item for item in page()['items']}  # noqa: E731
     assert list(shown()) == [channel['id']]
     other = create(client, user_id='bob', name='second')
     assert list(shown()) == [other['id'], channel['id']] and page()['total'] == 2
