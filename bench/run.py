@@ -12,6 +12,11 @@ and reports medians over the runs: requests/s, p50, p99, and the ratio of the
 ceiling's requests/s measured in the same pair (absolute numbers drift on a
 shared machine; ratios are what we compare).
 
+Then the references: the ceiling app doing one SQLite operation per request
+(bench/ceiling.py --work: a point read; a durable INSERT under a write lock, and
+without one), each paired with the ceiling like an endpoint and shown next to the
+endpoint it is the floor of (GET /v1/channels/{id}, POST /v1/channels).
+
 wrk repeats the same request, so reads the server caches (a channel, a page of
 channels) measure cache hits; list_uncached requests UNCACHED_PAGES distinct pages
 round-robin, more than the cache holds, so each of its requests runs its SQL.
@@ -238,11 +243,16 @@ def start_server(db, threads, workdir, tag, profile_out=None, profile_timer='wal
     return server
 
 
-def start_ceiling(threads, workdir):
+def start_ceiling(threads, workdir, work='none'):
+    """The ceiling, or with `work` one of its references (bench/ceiling.py --work)."""
     port = free_port()
-    ceiling = Process('ceiling', [sys.executable, os.path.join(HERE, 'ceiling.py'),
-                                  '--port', str(port), '--threads', str(threads)],
-                      dict(os.environ), os.path.join(workdir, 'ceiling.log'), port)
+    name = 'ceiling' if work == 'none' else 'reference-%s' % work
+    argv = [sys.executable, os.path.join(HERE, 'ceiling.py'), '--port', str(port),
+            '--threads', str(threads), '--work', work]
+    if work != 'none':
+        argv += ['--db', os.path.join(workdir, '%s.db' % name)]
+    ceiling = Process(name, argv, dict(os.environ), os.path.join(workdir, '%s.log' % name),
+                      port)
     ceiling.wait_ready('/v1/health')
     return ceiling
 
@@ -316,6 +326,10 @@ def measure(endpoint, server, ceiling, info, args):
     server.alive()
     if endpoint.name in ('hook', 'channel_stats') and check_live(server, info) != session:
         raise RuntimeError('%s ended or replaced the live session' % endpoint.label)
+    return pair(ceiling_result, result)
+
+
+def pair(ceiling_result, result):
     return {'ceiling': ceiling_result, 'server': result,
             'ratio': result['rps'] / ceiling_result['rps'],
             'p99_factor': result['p99_us'] / max(1, ceiling_result['p99_us'])}
@@ -345,14 +359,51 @@ def bench(label, todo, server, ceiling, info, args):
     pairs = {endpoint.name: [] for endpoint in todo}
     for run in range(args.runs):
         for endpoint in todo:
-            pair = measure(endpoint, server, ceiling, info, args)
-            pairs[endpoint.name].append(pair)
+            measured = measure(endpoint, server, ceiling, info, args)
+            pairs[endpoint.name].append(measured)
             print('  [%s run %d/%d] %-30s %7.0f req/s  ceiling %7.0f  ratio %.2f%s'
-                  % (label, run + 1, args.runs, endpoint.label, pair['server']['rps'],
-                     pair['ceiling']['rps'], pair['ratio'],
-                     '  ERRORS %r' % pair['server']['errors']
-                     if pair['server']['error_count'] else ''), flush=True)
+                  % (label, run + 1, args.runs, endpoint.label, measured['server']['rps'],
+                     measured['ceiling']['rps'], measured['ratio'],
+                     '  ERRORS %r' % measured['server']['errors']
+                     if measured['server']['error_count'] else ''), flush=True)
     return {name: dict(summarize(found), raw=found) for name, found in pairs.items()}
+
+
+#: The references (bench/ceiling.py --work): the bare app doing one SQLite
+#: operation per request, each measured with the request of the endpoint it is
+#: the floor of.
+REFERENCES = (
+    ('read', 'get_channel', 'one SQLite point read'),
+    ('insert', 'create', 'one durable INSERT under a write lock'),
+    ('insert-unlocked', 'create', 'one durable INSERT, no lock (SQLite busy waits)'),
+)
+
+
+def references(todo, ceiling, args):
+    """Each reference whose endpoint is in `todo`, --runs (ceiling, reference) pairs;
+    returns {work: summary}."""
+    chosen = {endpoint.name: endpoint for endpoint in todo}
+    results = {}
+    for work, name, label in REFERENCES:
+        if name not in chosen:
+            continue
+        endpoint = chosen[name]
+        reference = start_ceiling(args.threads, args.workdir, work)
+        try:
+            wrk(reference.port, endpoint, args, duration=1)  # warm up
+            pairs = []
+            for run in range(args.runs):
+                ceiling_result = wrk(ceiling.port, endpoint, args)
+                result = wrk(reference.port, endpoint, args)
+                reference.alive()
+                pairs.append(pair(ceiling_result, result))
+                print('  [reference run %d/%d] %-44s %7.0f req/s  ceiling %7.0f  ratio %.2f'
+                      % (run + 1, args.runs, label, result['rps'], ceiling_result['rps'],
+                         pairs[-1]['ratio']), flush=True)
+        finally:
+            reference.stop()
+        results[work] = dict(summarize(pairs), raw=pairs, label=label, endpoint=name)
+    return results
 
 
 # Report #######################################################################
@@ -384,6 +435,21 @@ def table(todo, results):
         lines.append('| `%s` | %.0f | %.2f | %.2f | %.0f | %.2f | %.2f | %s | %s |' % (
             endpoint.label, s['rps'], s['p50_ms'], s['p99_ms'], s['ceiling_rps'],
             s['ceiling_p99_ms'], s['ratio'], target, result))
+    return '\n'.join(lines)
+
+
+def reference_table(todo, base, found):
+    labels = {endpoint.name: endpoint.label for endpoint in todo}
+    lines = ['| reference: the ceiling app doing | req/s | p50 ms | p99 ms | ceiling req/s '
+             '| ratio | ratios | the endpoint | its ratio |',
+             '|---|---:|---:|---:|---:|---:|---|---|---:|']
+    for work, name, label in REFERENCES:
+        if work in found:
+            r = found[work]
+            lines.append('| %s | %.0f | %.2f | %.2f | %.0f | %.2f | %s | `%s` | %.2f |' % (
+                label, r['rps'], r['p50_ms'], r['p99_ms'], r['ceiling_rps'], r['ratio'],
+                ' '.join('%.2f' % ratio for ratio in r['ratios']), labels[name],
+                base[name]['ratio']))
     return '\n'.join(lines)
 
 
@@ -550,6 +616,13 @@ def main(argv=None):
               % (report['results']['1k_peak_rss_mb'],
                  'consistent' if not problems else '**WRONG**: ' + '; '.join(problems)),
               flush=True)
+
+        found = references(todo, ceiling, args)
+        report['results']['references'] = found
+        if found:
+            print('\n## References: what one SQLite operation costs this stack '
+                  '(bench/ceiling.py --work)\n')
+            print(reference_table(todo, base, found), flush=True)
 
         if args.scale and not any(e.read for e in todo):
             print('\n(--scale repeats the reads; none were chosen with --only)')
