@@ -13,7 +13,9 @@ operation costs on this stack, apart from everything else an endpoint does:
     insert           a durable INSERT under a process-wide write lock (the store
                      serializes its writes the same way)
     insert-unlocked  the same INSERT with no lock: SQLite's busy timeout makes the
-                     writers take turns
+                     writers take turns (sleeping 1, 2, 5, 10 ms... between tries)
+    insert-polled    the same INSERT with no lock and no busy timeout: a writer that
+                     finds SQLite's write lock taken tries again after POLL_SECONDS
 """
 
 import argparse
@@ -32,14 +34,17 @@ import waitress
 #: The one answer, to every request.
 BODY = json.dumps({'ec': 0, 'data': {'status': 'ok'}}, separators=(',', ':'))
 #: What a request does before it answers: nothing (the ceiling) or a reference's operation.
-WORK = ('none', 'read', 'insert', 'insert-unlocked')
+WORK = ('none', 'read', 'insert', 'insert-unlocked', 'insert-polled')
 #: Rows in a reference database, for the point reads to pick from.
 ROWS = 1000
+#: How long an insert-polled writer waits before trying SQLite's write lock again.
+POLL_SECONDS = 0.0002
 
 
-def open_db(path):
+def open_db(path, busy_timeout=10):
     """A connection configured as the store configures its own."""
-    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=10)
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False,
+                           timeout=busy_timeout)
     conn.executescript('PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL;')
     return conn
 
@@ -66,7 +71,7 @@ def make_app(work='none', db=None):
 
     def conn():
         if getattr(local, 'conn', None) is None:
-            local.conn = open_db(db)
+            local.conn = open_db(db, busy_timeout=0 if work == 'insert-polled' else 10)
         return local.conn
 
     def read():
@@ -81,8 +86,17 @@ def make_app(work='none', db=None):
         with write_lock:
             insert()
 
+    def polled_insert():
+        while True:
+            try:
+                return insert()
+            except sqlite3.OperationalError as error:
+                if 'locked' not in str(error):
+                    raise
+            time.sleep(POLL_SECONDS)
+
     operation = {'none': None, 'read': read, 'insert': locked_insert,
-                 'insert-unlocked': insert}[work]
+                 'insert-unlocked': insert, 'insert-polled': polled_insert}[work]
 
     @app.route('/<path:path>', method=['GET', 'POST', 'PUT', 'PATCH', 'DELETE'])
     def constant(path):

@@ -4,6 +4,7 @@ each is named for: the README compares endpoints with them."""
 import pathlib
 import sqlite3
 import sys
+import threading
 
 import pytest
 import webtest
@@ -26,13 +27,28 @@ def reference(tmp_path):
     return make
 
 
-@pytest.mark.parametrize('work', ['insert', 'insert-unlocked'])
+@pytest.mark.parametrize('work', ['insert', 'insert-unlocked', 'insert-polled'])
 def test_an_insert_reference_writes_one_row_per_request(reference, work):
     app, path = reference(work)
     before = rows(path)
     for _ in range(3):
         assert app.post('/v1/channels', '{}').json == {'ec': 0, 'data': {'status': 'ok'}}
     assert rows(path) == before + 3
+
+
+def test_the_polled_insert_waits_out_a_write_lock_held_elsewhere(reference):
+    app, path = reference('insert-polled')
+    holder = ceiling.open_db(path)
+    holder.execute('BEGIN IMMEDIATE')
+    answers = []
+    writer = threading.Thread(target=lambda: answers.append(app.post('/v1/channels', '{}')))
+    writer.start()
+    writer.join(0.1)
+    assert writer.is_alive()  # still trying: neither failed nor written past the lock
+    holder.execute('COMMIT')
+    writer.join(5)
+    assert answers[0].json['ec'] == 0
+    assert rows(path) == ceiling.ROWS + 1
 
 
 def test_the_insert_reference_commits_durably_in_wal(reference):
