@@ -14,8 +14,8 @@ shared machine; ratios are what we compare).
 
 Then the references: the ceiling app doing one SQLite operation per request
 (bench/ceiling.py --work: a point read; a durable INSERT under a write lock, and
-two ways without one), each paired with the ceiling like an endpoint and shown next to the
-endpoint it is the floor of (GET /v1/channels/{id}, POST /v1/channels).
+two ways without one), each paired with the ceiling like an endpoint and shown
+next to the endpoint it is the floor of (GET /v1/channels/{id}, POST /v1/channels).
 
 wrk repeats the same request, so reads the server caches (a channel, a page of
 channels) measure cache hits; list_uncached requests UNCACHED_PAGES distinct pages
@@ -376,7 +376,7 @@ REFERENCES = (
     ('read', 'get_channel', 'one SQLite point read'),
     ('insert', 'create', 'one durable INSERT under a write lock'),
     ('insert-unlocked', 'create', 'one durable INSERT, no lock (SQLite busy waits)'),
-    ('insert-polled', 'create', "one durable INSERT, SQLite's lock polled every 0.2 ms"),
+    ('insert-polled', 'create', "one durable INSERT, no lock, SQLite's lock polled"),
 )
 
 

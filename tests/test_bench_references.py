@@ -51,10 +51,9 @@ def test_the_polled_insert_waits_out_a_write_lock_held_elsewhere(reference):
     assert rows(path) == ceiling.ROWS + 1
 
 
-def test_the_insert_reference_commits_durably_in_wal(reference):
-    app, path = reference('insert')
-    app.post('/v1/channels', '{}')
-    conn = ceiling.open_db(path)
+def test_reference_connections_are_set_up_like_the_stores(reference):
+    _, path = reference('insert')
+    conn = ceiling.open_db(path)  # how every reference opens its connections
     assert conn.execute('PRAGMA journal_mode').fetchone()[0] == 'wal'
     assert conn.execute('PRAGMA synchronous').fetchone()[0] == 2  # FULL
 
