@@ -276,6 +276,17 @@ class Store:
                 if not durable:
                     db.execute('PRAGMA synchronous = FULL')
 
+    @contextlib.contextmanager
+    def snapshot(self):
+        """Reads that must agree with each other (a page and its total, a row and
+        what hangs off it): one read transaction, so one WAL snapshot."""
+        db = self.db
+        db.execute('BEGIN')
+        try:
+            yield db
+        finally:
+            db.execute('COMMIT')
+
     def close(self):
         """Checkpoint the WAL into the database file and close every connection."""
         with self._connections_lock:
@@ -350,13 +361,16 @@ class Store:
                        (new_public_id(), token_id, secret_hash, now))
 
     def list_clients(self, after, limit):
-        rows = self.db.execute('SELECT * FROM clients WHERE id < ? ORDER BY id DESC LIMIT ?',
-                               (after, limit + 1)).fetchall()
-        return rows, self.count_clients()
+        with self.snapshot() as db:
+            rows = db.execute('SELECT * FROM clients WHERE id < ? ORDER BY id DESC LIMIT ?',
+                              (after, limit + 1)).fetchall()
+            return rows, self.count_clients()
 
     def set_client_secret(self, client_pk, secret_hash):
+        """Whether the client was still there to change."""
         with self.transaction() as db:
-            db.execute('UPDATE clients SET secret_hash = ? WHERE id = ?', (secret_hash, client_pk))
+            return db.execute('UPDATE clients SET secret_hash = ? WHERE id = ?',
+                              (secret_hash, client_pk)).rowcount > 0
 
     def delete_client(self, client_pk, now):
         """Delete a client with its users and channels, ending their live sessions."""
@@ -380,21 +394,21 @@ class Store:
     def list_users(self, client_pk, after, limit):
         """A page of users, newest first; client_pk None means every client's."""
         where, args = ('u.client_id = ? AND ', [client_pk]) if client_pk else ('', [])
-        rows = self.db.execute(self._USER_SELECT + 'WHERE %s u.id < ? ORDER BY u.id DESC LIMIT ?'
-                               % where, args + [after, limit + 1]).fetchall()
-        if client_pk:
-            total = self.db.execute('SELECT users FROM clients WHERE id = ?',
-                                    (client_pk,)).fetchone()[0]
-        else:
-            total = self.db.execute('SELECT coalesce(sum(users), 0) FROM clients').fetchone()[0]
+        with self.snapshot() as db:
+            rows = db.execute(self._USER_SELECT + 'WHERE %s u.id < ? ORDER BY u.id DESC LIMIT ?'
+                              % where, args + [after, limit + 1]).fetchall()
+            # coalesce: a client deleted since the request began has no users left.
+            total = db.execute('SELECT coalesce(sum(users), 0) FROM clients %s'
+                               % ('WHERE id = ?' if client_pk else ''), args).fetchone()[0]
         return rows, total
 
-    def _ensure_user(self, db, client_pk, user_id, defaults, now):
-        """The user's row id, creating the user with `defaults` limits if new."""
+    def _ensure_user(self, db, client_pk, user_id, defaults, now, create=True):
+        """(The user's row id, whether it is new): created with `defaults` limits
+        if it does not exist, unless not `create`: (None, False)."""
         row = db.execute('SELECT id FROM users WHERE client_id = ? AND user_id = ?',
                          (client_pk, user_id)).fetchone()
-        if row:
-            return row[0], False
+        if row or not create:
+            return (row[0] if row else None), False
         cursor = db.execute(
             'INSERT INTO users (client_id, user_id, max_channels, max_live_channels, '
             'max_bitrate_kbps, max_session_seconds, created_at, updated_at) '
@@ -404,17 +418,21 @@ class Store:
         return cursor.lastrowid, True
 
     def put_user(self, client_pk, user_id, limits, defaults, now, replace):
-        """Create or update a user's limits; `replace` resets unnamed limits to
-        `defaults` (PUT), otherwise only the named ones change (PATCH)."""
+        """(The user as written, whether new): PUT (`replace`) resets unnamed limits to
+        `defaults`; PATCH changes the named ones of a user that exists, else (None, False)."""
         with self.transaction() as db:
-            user_pk, created = self._ensure_user(db, client_pk, user_id, defaults, now)
+            user_pk, created = self._ensure_user(db, client_pk, user_id, defaults, now,
+                                                 create=replace)
+            if user_pk is None:
+                return None, False
             values = dict(defaults) if replace else {}
             values.update(limits)
             if values:
                 db.execute('UPDATE users SET %s, updated_at = ? WHERE id = ?'
                            % ', '.join('%s = ?' % name for name in values),
                            tuple(values.values()) + (now, user_pk))
-        return self.user(client_pk, user_id), created
+            return db.execute(self._USER_SELECT + 'WHERE u.id = ?', (user_pk,)).fetchone(), \
+                created
 
     def delete_user(self, user_pk, now):
         with self.transaction() as db:
@@ -646,20 +664,25 @@ class Store:
         return session_id, None
 
     def record_sample(self, session_id, now, metrics):
-        """Refresh an open session's last-seen time and, if measured, its metrics."""
+        """Refresh an open session's last-seen time and, if measured, its metrics; one that
+        ended meanwhile keeps the figures its channel's totals took (session_ended)."""
         with self.transaction(durable=False, channels=False) as db:
             if metrics is None:
-                db.execute('UPDATE sessions SET last_seen_at = ? WHERE id = ?', (now, session_id))
+                db.execute('UPDATE sessions SET last_seen_at = ? WHERE id = ? '
+                           'AND ended_at IS NULL', (now, session_id))
                 return
-            db.execute(
+            if not db.execute(
                 'UPDATE sessions SET last_seen_at = ?, bytes_in = max(bytes_in, ?), '
                 'bitrate_kbps = ?, peak_bitrate_kbps = max(coalesce(peak_bitrate_kbps, 0), ?), '
                 'viewers = ?, peak_viewers = max(peak_viewers, ?), '
-                'video = coalesce(?, video), audio = coalesce(?, audio) WHERE id = ?',
+                'video = coalesce(?, video), audio = coalesce(?, audio) '
+                'WHERE id = ? AND ended_at IS NULL',
                 (now, metrics['bytesIn'], metrics['bitrateKbps'], metrics['bitrateKbps'],
                  metrics['viewers'], metrics['viewers'],
                  json.dumps(metrics['video']) if metrics['video'] else None,
-                 json.dumps(metrics['audio']) if metrics['audio'] else None, session_id))
+                 json.dumps(metrics['audio']) if metrics['audio'] else None,
+                 session_id)).rowcount:
+                return
             db.execute('INSERT INTO session_samples (session_id, at, bitrate_kbps, bytes_in, '
                        'viewers) VALUES (?, ?, ?, ?, ?)',
                        (session_id, now, metrics['bitrateKbps'], metrics['bytesIn'],
@@ -673,13 +696,18 @@ class Store:
                        (delta, delta, public_id))
 
     def list_sessions(self, channel_pk, after, limit):
-        rows = self.db.execute('SELECT s.*, c.public_id AS channel_public_id FROM sessions s '
-                               'JOIN channels c ON c.id = s.channel_id WHERE s.channel_id = ? '
-                               'AND s.id < ? ORDER BY s.id DESC LIMIT ?',
-                               (channel_pk, after, limit + 1)).fetchall()
-        total = self.db.execute('SELECT sessions FROM channels WHERE id = ?',
-                                (channel_pk,)).fetchone()[0]
-        return rows, total
+        """A page of a channel's sessions and their total; None if the channel
+        has been deleted since the caller found it."""
+        with self.snapshot() as db:
+            channel = db.execute('SELECT sessions FROM channels WHERE id = ?',
+                                 (channel_pk,)).fetchone()
+            if channel is None:
+                return None
+            rows = db.execute('SELECT s.*, c.public_id AS channel_public_id FROM sessions s '
+                              'JOIN channels c ON c.id = s.channel_id WHERE s.channel_id = ? '
+                              'AND s.id < ? ORDER BY s.id DESC LIMIT ?',
+                              (channel_pk, after, limit + 1)).fetchall()
+        return rows, channel[0]
 
     # Statistics --------------------------------------------------------------
 
@@ -1355,7 +1383,8 @@ def rotate_client(token_id):
     query(())
     _refuse_env_client(client, 'change')
     secret = new_token()[1]
-    service().store.set_client_secret(client['id'], hash_secret(secret))
+    if not service().store.set_client_secret(client['id'], hash_secret(secret)):
+        raise not_found('client')  # deleted since _client found it
     service().forget_logins()
     return envelope(dict(client_json(client), tokenSecret=secret))
 
@@ -1425,6 +1454,8 @@ def patch_user(user_id):
     svc.end_stale_sessions()
     user, _ = svc.store.put_user(user['client_id'], user_id, limits, svc.default_limits,
                                  svc.clock(), replace=False)
+    if user is None:  # deleted since _existing_user found it
+        raise not_found('user')
     return envelope(user_json(user, is_admin(caller())))
 
 
@@ -1571,7 +1602,10 @@ def channel_stats(channel_id):
               'bytesIn': channel['bytes_in']}
     if channel['live_session_id'] is not None:
         session = svc.store.session(channel['live_session_id'])
-        duration = max(0.0, now - session['started_at'])
+        if session is None:  # gone with its channel, deleted since _channel read it
+            raise not_found('channel')
+        # A session that ended since counts up to its end, as its channel's totals will.
+        duration = max(0.0, (session['ended_at'] or now) - session['started_at'])
         current = {'sessionId': session['public_id'], 'startedAt': iso(session['started_at']),
                    'durationSeconds': round(duration), 'bitrateKbps': session['bitrate_kbps'],
                    'bytesIn': session['bytes_in'], 'viewers': session['viewers'],
@@ -1587,7 +1621,10 @@ def list_sessions(channel_id):
     channel = _channel(channel_id)
     _, after, limit = page_params()
     svc = service()
-    rows, total = svc.store.list_sessions(channel['id'], after, limit)
+    found = svc.store.list_sessions(channel['id'], after, limit)
+    if found is None:  # deleted since _channel found it
+        raise not_found('channel')
+    rows, total = found
     now = svc.clock()
     return envelope(page(rows, total, limit, lambda row: session_json(row, now)))
 
@@ -1695,6 +1732,8 @@ def ingest_update(svc, name, key, connection, addr):
             raise HookDenied('session was ended: %s' % last['end_reason'])
         ingest_publish(svc, name, key, connection, addr)  # resume, under the publish rules
         live = svc.store.ingest_channel(name)
+        if live is None or live['ingest_client'] != connection:
+            raise HookDenied('session was ended as it resumed')  # deleted, disabled, re-keyed
     metrics = svc.ingest.snapshot()['streams'].get(name)
     if metrics and not metrics['bitrateKbps'] and live['bytes_in'] and \
             now > live['last_seen_at']:
