@@ -403,8 +403,8 @@ class Store:
         return rows, total
 
     def _ensure_user(self, db, client_pk, user_id, defaults, now, create=True):
-        """(The user's row id, whether it is new): created with `defaults` limits
-        if it does not exist, unless not `create`: (None, False)."""
+        """(The user's row id, whether it is new), created with `defaults` limits if new;
+        (None, False) if new and not `create`, or if the client was deleted meanwhile."""
         row = db.execute('SELECT id FROM users WHERE client_id = ? AND user_id = ?',
                          (client_pk, user_id)).fetchone()
         if row or not create:
@@ -412,10 +412,10 @@ class Store:
         cursor = db.execute(
             'INSERT INTO users (client_id, user_id, max_channels, max_live_channels, '
             'max_bitrate_kbps, max_session_seconds, created_at, updated_at) '
-            'VALUES (?, ?, ?, ?, ?, ?, ?, ?)',
-            (client_pk, user_id) + tuple(defaults[name] for name in self._USER_LIMITS)
-            + (now, now))
-        return cursor.lastrowid, True
+            'SELECT id, ?, ?, ?, ?, ?, ?, ? FROM clients WHERE id = ?',
+            (user_id,) + tuple(defaults[name] for name in self._USER_LIMITS)
+            + (now, now, client_pk))
+        return (cursor.lastrowid, True) if cursor.rowcount else (None, False)
 
     def put_user(self, client_pk, user_id, limits, defaults, now, replace):
         """(The user as written, whether new): PUT (`replace`) resets unnamed limits to
@@ -533,10 +533,13 @@ class Store:
 
     def create_channel(self, client_pk, user_id, fields, defaults, now):
         """Insert a channel for the user (created with `defaults` if new).
-        Returns (channel, None) or (None, (limit name, value)) past maxChannels."""
+        (channel, None); (None, (limit name, value)) past maxChannels; (None, None)
+        if the client was deleted meanwhile."""
         public_id = new_public_id()
         with self.transaction() as db:
             user_pk, _ = self._ensure_user(db, client_pk, user_id, defaults, now)
+            if user_pk is None:
+                return None, None
             # The limit check and the insert are one statement: no row past the limit.
             inserted = db.execute(
                 'INSERT INTO channels (public_id, client_id, user_pk, name, description, '
@@ -1442,6 +1445,8 @@ def put_user(user_id):
     svc.end_stale_sessions()
     user, created = svc.store.put_user(client_pk, user_id, limits, svc.default_limits,
                                        svc.clock(), replace=True)
+    if user is None:  # its client was deleted since the request began
+        raise not_found('client')
     return envelope(user_json(user, is_admin(caller())), 201 if created else 200)
 
 
@@ -1521,6 +1526,8 @@ def create_channel():
     if limit:
         raise ApiError(403, EC_LIMIT, 'user is at its %s limit (%d)' % limit,
                        {'limit': limit[0], 'value': limit[1]})
+    if channel is None:  # its client was deleted since the request began
+        raise not_found('client')
     return envelope(_render_channel(channel), 201)
 
 

@@ -27,6 +27,17 @@ def after(store, method, then, when=lambda result: True):
     setattr(store, method, wrapped)
 
 
+def delete_client_before(store, method, clock):
+    """Make store.method(client_pk, ...) delete that client first, as if another
+    request did it after this one authenticated."""
+    original = getattr(store, method)
+
+    def wrapped(client_pk, *args, **kwargs):
+        store.delete_client(client_pk, clock())
+        return original(client_pk, *args, **kwargs)
+    setattr(store, method, wrapped)
+
+
 def assert_not_found(answer, what):
     assert answer.status_int == 404, answer.text
     assert answer.json['ec'] == EC_NOT_FOUND
@@ -84,12 +95,7 @@ def test_rotating_a_client_deleted_meanwhile(admin, new_client, store, clock):
 def test_users_of_a_client_deleted_meanwhile(admin, new_client, store, clock):
     client = new_client()
     client.put_json('/v1/users/someone', {'limits': {}}, status=201)
-    delete_first = store.list_users
-
-    def list_users(client_pk, after_pk, limit):
-        store.delete_client(client_pk, clock())
-        return delete_first(client_pk, after_pk, limit)
-    store.list_users = list_users
+    delete_client_before(store, 'list_users', clock)
     listed = client.get('/v1/users').json['data']
     assert (listed['items'], listed['total']) == ([], 0)
 
@@ -136,3 +142,16 @@ def test_a_sample_for_a_session_that_ended_meanwhile_changes_nothing(admin, hook
         assert db.execute('SELECT bytes_in FROM channels').fetchone() == (1000,)
     finally:
         db.close()
+
+
+@pytest.mark.parametrize('write', ['put user', 'create channel'])
+def test_writes_for_a_client_deleted_meanwhile(admin, new_client, store, clock, write):
+    client = new_client()
+    delete_client_before(store, 'put_user' if write == 'put user' else 'create_channel', clock)
+    if write == 'put user':
+        answer = client.put_json('/v1/users/someone', {'limits': {}}, status='*')
+    else:
+        answer = client.post_json('/v1/channels', {'userId': 'someone', 'name': 'n'},
+                                  status='*')
+    assert_not_found(answer, 'client')
+    assert admin.get('/v1/users').json['data']['total'] == 0
