@@ -674,7 +674,7 @@ class Store:
                 db.execute('UPDATE sessions SET last_seen_at = ? WHERE id = ? '
                            'AND ended_at IS NULL', (now, session_id))
                 return
-            if not db.execute(
+            updated = db.execute(
                 'UPDATE sessions SET last_seen_at = ?, bytes_in = max(bytes_in, ?), '
                 'bitrate_kbps = ?, peak_bitrate_kbps = max(coalesce(peak_bitrate_kbps, 0), ?), '
                 'viewers = ?, peak_viewers = max(peak_viewers, ?), '
@@ -684,12 +684,12 @@ class Store:
                  metrics['viewers'], metrics['viewers'],
                  json.dumps(metrics['video']) if metrics['video'] else None,
                  json.dumps(metrics['audio']) if metrics['audio'] else None,
-                 session_id)).rowcount:
-                return
-            db.execute('INSERT INTO session_samples (session_id, at, bitrate_kbps, bytes_in, '
-                       'viewers) VALUES (?, ?, ?, ?, ?)',
-                       (session_id, now, metrics['bitrateKbps'], metrics['bytesIn'],
-                        metrics['viewers']))
+                 session_id)).rowcount
+            if updated:
+                db.execute('INSERT INTO session_samples (session_id, at, bitrate_kbps, '
+                           'bytes_in, viewers) VALUES (?, ?, ?, ?, ?)',
+                           (session_id, now, metrics['bitrateKbps'], metrics['bytesIn'],
+                            metrics['viewers']))
 
     def add_viewer(self, public_id, delta):
         with self.transaction(channels=False) as db:
