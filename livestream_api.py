@@ -431,8 +431,7 @@ class Store:
                 db.execute('UPDATE users SET %s, updated_at = ? WHERE id = ?'
                            % ', '.join('%s = ?' % name for name in values),
                            tuple(values.values()) + (now, user_pk))
-            return db.execute(self._USER_SELECT + 'WHERE u.id = ?', (user_pk,)).fetchone(), \
-                created
+            return self.user(client_pk, user_id), created  # this thread's db: sees the write
 
     def delete_user(self, user_pk, now):
         with self.transaction() as db:
