@@ -12,6 +12,7 @@ serving, and the command line.
 import argparse
 import base64
 import binascii
+import collections
 import contextlib
 import functools
 import hashlib
@@ -607,10 +608,17 @@ class Store:
     def end_stale_sessions(self, cutoff):
         """End every open session not heard from since `cutoff`, as of its last sign of life."""
         with self.transaction() as db:
-            stale = db.execute('SELECT id, last_seen_at FROM sessions WHERE ended_at IS NULL '
-                               'AND last_seen_at < ?', (cutoff,)).fetchall()
-            for session in stale:
-                self._end_session(db, session['id'], 'stale', session['last_seen_at'])
+            return self._end_stale(db, cutoff)
+
+    def _end_stale(self, db, cutoff, user_pk=None):
+        """End the stale sessions (of one user's channels, if given); how many. Found
+        through the sessions_open index (stale ones are few), whoever owns them."""
+        where, args = ('AND (SELECT user_pk FROM channels WHERE id = o.channel_id) = ?',
+                       (cutoff, user_pk)) if user_pk else ('', (cutoff,))
+        stale = db.execute('SELECT o.id, o.last_seen_at FROM sessions o WHERE o.ended_at IS NULL '
+                           'AND o.last_seen_at < ? ' + where, args).fetchall()
+        for session in stale:
+            self._end_session(db, session['id'], 'stale', session['last_seen_at'])
         return len(stale)
 
     def ingest_channel(self, public_id):
@@ -618,7 +626,8 @@ class Store:
         user's limits and its open session (the session columns NULL when idle)."""
         return self._cached_row(
             'SELECT c.id, c.live_session_id, u.max_bitrate_kbps, u.max_session_seconds, '
-            's.ingest_client, s.started_at, s.last_seen_at, s.bytes_in FROM channels c '
+            's.public_id AS session_id, s.ingest_client, s.started_at, s.last_seen_at, '
+            's.bytes_in FROM channels c '
             'JOIN users u ON u.id = c.user_pk LEFT JOIN sessions s ON s.id = c.live_session_id '
             'WHERE c.public_id = ?', (public_id,))
 
@@ -631,38 +640,33 @@ class Store:
         return self.db.execute('SELECT * FROM sessions WHERE channel_id = ? AND ingest_client = ? '
                                'ORDER BY id DESC LIMIT 1', (channel_pk, ingest_client)).fetchone()
 
-    def start_session(self, public_id, key, ingest_client, addr, now, stale_cutoff):
-        """Open a session for a publish if the channel, its key and its user's
-        limit allow it, deciding under the write lock so two publishes cannot
-        both pass a limit. Returns (session id, None) or (None, why not)."""
+    def start_session(self, public_id, decide, ingest_client, addr, now, stale_cutoff):
+        """Open a session for a publish if decide(row) (decide_publish over this read)
+        allows it, under the write lock so two publishes cannot both pass a limit.
+        Returns (the session's public id, None) or (None, why not)."""
         with self.transaction() as db:
             channel = db.execute(
-                'SELECT c.id, c.enabled, c.stream_key, c.live_session_id, u.live_channels, '
-                'u.max_live_channels, s.ingest_client, s.last_seen_at FROM channels c '
-                'JOIN users u ON u.id = c.user_pk LEFT JOIN sessions s ON s.id = c.live_session_id '
-                'WHERE c.public_id = ?', (public_id,)).fetchone()
-            if channel is None:
-                return None, 'no such channel'
-            if not hmac.compare_digest(key.encode(), channel['stream_key'].encode()):
-                return None, 'wrong stream key'
-            if not channel['enabled']:
-                return None, 'channel is disabled'
-            live_channels = channel['live_channels']
-            if channel['live_session_id'] is not None:
-                if channel['ingest_client'] != ingest_client and \
-                        channel['last_seen_at'] >= stale_cutoff:
-                    return None, 'channel is already live from another connection'
+                'SELECT c.id, c.user_pk, c.enabled, c.stream_key, c.live_session_id, '
+                'u.live_channels, u.max_live_channels, s.ingest_client, s.last_seen_at, '
+                '(SELECT count(*) FROM sessions o WHERE o.ended_at IS NULL AND o.last_seen_at < ? '
+                ' AND (SELECT user_pk FROM channels WHERE id = o.channel_id) = c.user_pk) '
+                'AS stale_live FROM channels c JOIN users u ON u.id = c.user_pk '
+                'LEFT JOIN sessions s ON s.id = c.live_session_id WHERE c.public_id = ?',
+                (stale_cutoff, public_id)).fetchone()
+            decision = decide(channel)
+            if decision.why:
+                return None, decision.why
+            if decision.end_stale:
+                self._end_stale(db, stale_cutoff, channel['user_pk'])
+            if decision.take_over:
                 self._end_session(db, channel['live_session_id'], 'stale', channel['last_seen_at'])
-                live_channels -= 1
-            limit = channel['max_live_channels']
-            if limit is not None and live_channels >= limit:
-                return None, 'user is at maxLiveChannels (%d)' % limit
-            session_id = db.execute(
+            session_id = new_public_id()
+            session_pk = db.execute(
                 'INSERT INTO sessions (public_id, channel_id, ingest_client, addr, started_at, '
                 'last_seen_at) VALUES (?, ?, ?, ?, ?, ?)',
-                (new_public_id(), channel['id'], ingest_client, addr, now, now)).lastrowid
+                (session_id, channel['id'], ingest_client, addr, now, now)).lastrowid
             db.execute('UPDATE channels SET live_session_id = ? WHERE id = ?',
-                       (session_id, channel['id']))
+                       (session_pk, channel['id']))
         return session_id, None
 
     def record_sample(self, session_id, now, metrics):
@@ -1697,10 +1701,73 @@ def heartbeat_due(svc, live, now):
         return True
 
 
-#: Why a session ended that must also stop its encoder from resuming it.
-ENFORCED_ENDS = ('channel_disabled', 'key_rotated', 'channel_deleted',
-                 'max_session_seconds', 'max_bitrate')
+# Decisions: who may go live, and for how long ################################
+# Plain functions, each over one read (a row in, a decision out); the Store reads
+# and writes, and the hooks below carry the decisions out.
 
+#: Every reason a session ends with (its endReason).
+END_REASONS = ('publisher_left', 'channel_disabled', 'key_rotated', 'channel_deleted',
+               'max_session_seconds', 'max_bitrate', 'stale')
+#: The end a stream's own connection may resume from: staleness says only that the
+#: API stopped hearing from it (restarted, or reaped it), never that the stream ended.
+RESUMABLE_ENDS = ('stale',)
+
+#: A publish's decision: why it is refused (None: it opens a session); whether the
+#: user's stale sessions end first; whether this channel's open session is taken over.
+Publish = collections.namedtuple('Publish', 'why end_stale take_over')
+
+
+def decide_publish(channel, key, connection, stale_cutoff):
+    """May a publish open a session? `channel` is start_session's read: the channel,
+    its open session, its user's live count and limit, and the user's stale sessions."""
+    if channel is None:
+        return Publish('no such channel', False, False)
+    if not hmac.compare_digest(key.encode(), channel['stream_key'].encode()):
+        return Publish('wrong stream key', False, False)
+    if not channel['enabled']:
+        return Publish('channel is disabled', False, False)
+    fresh = channel['live_session_id'] is not None and channel['last_seen_at'] >= stale_cutoff
+    if fresh and channel['ingest_client'] != connection:
+        return Publish('channel is already live from another connection', False, False)
+    # Stale sessions count as ended, since they end as this one opens; so does this
+    # channel's fresh one when its own connection publishes again (a takeover).
+    live_channels = channel['live_channels'] - channel['stale_live'] - fresh
+    limit = channel['max_live_channels']
+    if limit is not None and live_channels >= limit:
+        return Publish('user is at maxLiveChannels (%d)' % limit, False, False)
+    return Publish(None, channel['stale_live'] > 0, fresh)
+
+
+def decide_update(live, connection):
+    """What an update_publish does, from ingest_channel's read: 'refuse' (with why),
+    'keep' its connection's open session, or 'orphan': it has none (decide_resume)."""
+    if live is None:
+        return 'refuse', 'channel was deleted'
+    if live['live_session_id'] is not None and live['ingest_client'] == connection:
+        return 'keep', None
+    return 'orphan', None
+
+
+def decide_resume(last):
+    """Why a stream with no open session may not open one again (None: it may, under the
+    publish rules), from its connection's latest session on the channel, if any."""
+    if last is not None and last['end_reason'] not in RESUMABLE_ENDS:
+        return 'session was ended: %s' % last['end_reason']
+    return None
+
+
+def decide_limits(live, now, bitrate_kbps):
+    """The limit an open session has passed (its end reason), or None."""
+    if live['max_session_seconds'] is not None and \
+            now - live['started_at'] > live['max_session_seconds']:
+        return 'max_session_seconds'
+    if live['max_bitrate_kbps'] is not None and bitrate_kbps is not None and \
+            bitrate_kbps > live['max_bitrate_kbps']:
+        return 'max_bitrate'
+    return None
+
+
+# The hooks ####################################################################
 
 class HookDenied(Exception):
     """The ingest must refuse (or drop) this stream; the message says why."""
@@ -1717,11 +1784,13 @@ def _check_hook_secret(svc):
 def ingest_publish(svc, name, key, connection, addr):
     """A publisher asks to go live on channel `name` with `key`."""
     now = svc.clock()
-    session_id, why = svc.store.start_session(name, key, connection, addr, now,
-                                              now - svc.stale_after)
+    cutoff = now - svc.stale_after
+    session_id, why = svc.store.start_session(
+        name, lambda channel: decide_publish(channel, key, connection, cutoff),
+        connection, addr, now, cutoff)
     if why:
         raise HookDenied(why)
-    log.info('channel %s is live (session %d, from %s)', name, session_id, addr)
+    log.info('channel %s is live (session %s, from %s)', name, session_id, addr)
     return {'allowed': True}
 
 
@@ -1730,15 +1799,16 @@ def ingest_update(svc, name, key, connection, addr):
     (which drops the encoder) once the stream may no longer be on air."""
     now = svc.clock()
     live = svc.store.ingest_channel(name)
-    if live is None:
-        raise HookDenied('channel was deleted')
-    if live['live_session_id'] is None or live['ingest_client'] != connection:
-        last = svc.store.last_session_of(live['id'], connection)
-        if last and last['end_reason'] in ENFORCED_ENDS:
-            raise HookDenied('session was ended: %s' % last['end_reason'])
-        ingest_publish(svc, name, key, connection, addr)  # resume, under the publish rules
+    action, why = decide_update(live, connection)
+    if action == 'refuse':
+        raise HookDenied(why)
+    if action == 'orphan':
+        why = decide_resume(svc.store.last_session_of(live['id'], connection))
+        if why:
+            raise HookDenied(why)
+        ingest_publish(svc, name, key, connection, addr)
         live = svc.store.ingest_channel(name)
-        if live is None or live['ingest_client'] != connection:
+        if decide_update(live, connection)[0] != 'keep':
             raise HookDenied('session was ended as it resumed')  # deleted, disabled, re-keyed
     metrics = svc.ingest.snapshot()['streams'].get(name)
     if metrics and not metrics['bitrateKbps'] and live['bytes_in'] and \
@@ -1747,13 +1817,7 @@ def ingest_update(svc, name, key, connection, addr):
             (metrics['bytesIn'] - live['bytes_in']) * 8 / 1000 / (now - live['last_seen_at']), 1))
     if metrics or heartbeat_due(svc, live, now):
         svc.store.record_sample(live['live_session_id'], now, metrics)
-    over = None
-    if live['max_session_seconds'] is not None and \
-            now - live['started_at'] > live['max_session_seconds']:
-        over = 'max_session_seconds'
-    elif live['max_bitrate_kbps'] is not None and metrics and \
-            metrics['bitrateKbps'] > live['max_bitrate_kbps']:
-        over = 'max_bitrate'
+    over = decide_limits(live, now, metrics and metrics['bitrateKbps'])
     if over:
         svc.store.end_session(live['live_session_id'], over, now)
         raise HookDenied('session passed %s' % over)
@@ -1762,14 +1826,14 @@ def ingest_update(svc, name, key, connection, addr):
 
 def ingest_publish_done(svc, name, connection):
     live = svc.store.ingest_channel(name)
-    ended = bool(live and live['live_session_id'] and live['ingest_client'] == connection)
+    ended = decide_update(live, connection)[0] == 'keep'  # its own open session, if any
     if ended:
         metrics = svc.ingest.snapshot()['streams'].get(name)
         if metrics:
             svc.store.record_sample(live['live_session_id'], svc.clock(), metrics)
         svc.store.end_session(live['live_session_id'], 'publisher_left', svc.clock())
-        log.info('channel %s is idle (session %d ended: publisher_left)', name,
-                 live['live_session_id'])
+        log.info('channel %s is idle (session %s ended: publisher_left)', name,
+                 live['session_id'])
     return {'ended': ended}
 
 
@@ -1932,7 +1996,7 @@ def openapi_document():
             'durationSeconds': count, 'bytesIn': count, 'avgBitrateKbps': rate,
             'peakBitrateKbps': {'type': ['number', 'null'], 'minimum': 0},
             'peakViewers': count, 'video': media, 'audio': media,
-            'endReason': {'enum': sorted(ENFORCED_ENDS + ('publisher_left', 'stale')) + [None]}}),
+            'endReason': {'enum': sorted(END_REASONS) + [None]}}),
         'ChannelStats': _closed({
             'status': status,
             'current': {'anyOf': [{'type': 'null'}, _closed({

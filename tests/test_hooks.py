@@ -150,6 +150,19 @@ def test_second_publish_from_another_connection_waits_for_staleness(admin, hook,
     assert sessions(admin, channel)['items'][0]['endedAt'] is None
 
 
+def test_a_stale_session_does_not_count_against_max_live_channels(admin, hook, clock,
+                                                                  interval):
+    """The publish decision itself ends the user's stale sessions: no API read between."""
+    silent, next_one = make_channel(admin, maxLiveChannels=1), make_channel(admin)
+    assert publish(hook, silent, clientid='1').status_int == 200
+    clock.advance(3 * interval + 1)
+    assert publish(hook, next_one, clientid='2').status_int == 200
+    assert get(admin, next_one)['status'] == 'live'
+    assert get(admin, silent)['status'] == 'idle'
+    assert sessions(admin, silent)['items'][0]['endReason'] == 'stale'
+    assert admin.get('/v1/users/streamer').json['data']['usage']['liveChannels'] == 1
+
+
 # update_publish ###############################################################
 
 def test_update_publish_keeps_a_session_fresh(admin, hook, clock, interval):
@@ -278,6 +291,21 @@ def test_update_publish_resumes_only_under_the_publish_rules(admin, hook):
     assert_refused(update(hook, channel))  # the user is at maxLiveChannels
     assert get(admin, channel)['status'] == 'idle'
     assert sessions(admin, channel)['total'] == 0
+
+
+def test_a_late_update_publish_after_publish_done_does_not_resurrect(admin, hook, clock,
+                                                                     interval):
+    """nginx sends its calls on separate connections: an update_publish may land
+    after the publish_done of the same stream, and must not reopen it."""
+    channel = make_channel(admin)
+    assert publish(hook, channel, clientid='1').status_int == 200
+    clock.advance(interval)
+    assert publish_done(hook, channel, clientid='1').status_int == 200
+    assert_refused(update(hook, channel, clientid='1'))
+    assert get(admin, channel)['status'] == 'idle'
+    assert [item['endReason'] for item in sessions(admin, channel)['items']] == ['publisher_left']
+    assert publish(hook, channel, clientid='2').status_int == 200  # the encoder reconnects
+    assert get(admin, channel)['status'] == 'live'
 
 
 # publish_done and staleness ###################################################

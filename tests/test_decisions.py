@@ -1,0 +1,139 @@
+"""The ingest's rules, one table per decision: who may go live, which stream keeps
+its session, which may resume one, and which has passed a limit. Each decision
+is a plain function over one read, so every case is a row here."""
+
+import pytest
+
+from livestream_api import decide_limits, decide_publish, decide_resume, decide_update
+
+NOW = 1_800_000_000.0
+CUTOFF = NOW - 30  # stale_after: 3 update intervals of 10 s
+KEY = 'k' * 40
+
+
+def channel(**changes):
+    """start_session's read of an enabled, idle channel whose user may have 1 live."""
+    row = {'id': 1, 'user_pk': 1, 'enabled': 1, 'stream_key': KEY, 'live_session_id': None,
+           'live_channels': 0, 'max_live_channels': 1, 'ingest_client': None,
+           'last_seen_at': None, 'stale_live': 0}
+    row.update(changes)
+    return row
+
+
+def live_on(connection, last_seen_at, **changes):
+    """The channel live from `connection`, last heard from at `last_seen_at`."""
+    return channel(live_session_id=7, live_channels=1, ingest_client=connection,
+                   last_seen_at=last_seen_at, **changes)
+
+
+#: (case, start_session's read, key, connection) -> (why refused, end_stale, take_over)
+PUBLISH = [
+    ('idle channel, right key', channel(), KEY, 'A', (None, False, False)),
+    ('no such channel', None, KEY, 'A', ('no such channel', False, False)),
+    ('wrong key', channel(), 'x' * 40, 'A', ('wrong stream key', False, False)),
+    ('empty key', channel(), '', 'A', ('wrong stream key', False, False)),
+    ('disabled, right key', channel(enabled=0), KEY, 'A',
+     ('channel is disabled', False, False)),
+    ('disabled, wrong key: the key is checked first', channel(enabled=0), 'x', 'A',
+     ('wrong stream key', False, False)),
+    ('live from another connection, fresh', live_on('B', NOW - 5), KEY, 'A',
+     ('channel is already live from another connection', False, False)),
+    ('live from another connection, heard from at the cutoff', live_on('B', CUTOFF), KEY,
+     'A', ('channel is already live from another connection', False, False)),
+    ('live from another connection, stale: ended first, then taken over',
+     live_on('B', CUTOFF - 1, stale_live=1), KEY, 'A', (None, True, False)),
+    ('live from this connection, fresh: a repeated publish takes it over',
+     live_on('A', NOW - 5), KEY, 'A', (None, False, True)),
+    ('live from this connection, stale', live_on('A', CUTOFF - 1, stale_live=1), KEY, 'A',
+     (None, True, False)),
+    ('user at maxLiveChannels', channel(live_channels=1), KEY, 'A',
+     ('user is at maxLiveChannels (1)', False, False)),
+    ('maxLiveChannels 0', channel(max_live_channels=0), KEY, 'A',
+     ('user is at maxLiveChannels (0)', False, False)),
+    ('unlimited live channels', channel(live_channels=50, max_live_channels=None), KEY, 'A',
+     (None, False, False)),
+    ("user at the limit, but another channel's session is stale",
+     channel(live_channels=1, stale_live=1), KEY, 'A', (None, True, False)),
+    ('user over the limit even without its stale sessions',
+     channel(live_channels=3, max_live_channels=2, stale_live=1), KEY, 'A',
+     ('user is at maxLiveChannels (2)', False, False)),
+    ('limit 1, this channel live from this connection: a takeover, not a second live',
+     live_on('A', NOW - 5), KEY, 'A', (None, False, True)),
+]
+
+
+@pytest.mark.parametrize('row, key, connection, expected',
+                         [case[1:] for case in PUBLISH], ids=[case[0] for case in PUBLISH])
+def test_decide_publish(row, key, connection, expected):
+    assert tuple(decide_publish(row, key, connection, CUTOFF)) == expected
+
+
+def ingest_row(**changes):
+    """ingest_channel's read of a channel live from connection 'A'."""
+    row = {'id': 1, 'live_session_id': 7, 'session_id': 'sessionpublicid1',
+           'ingest_client': 'A', 'started_at': NOW - 60, 'last_seen_at': NOW - 10,
+           'bytes_in': 10 ** 6, 'max_bitrate_kbps': 2500, 'max_session_seconds': 3600}
+    row.update(changes)
+    return row
+
+
+IDLE = {'live_session_id': None, 'session_id': None, 'ingest_client': None,
+        'started_at': None, 'last_seen_at': None, 'bytes_in': None}
+
+#: (case, ingest_channel's read, connection) -> (action, why)
+UPDATE = [
+    ('its own open session', ingest_row(), 'A', ('keep', None)),
+    ('channel deleted', None, 'A', ('refuse', 'channel was deleted')),
+    ('channel idle', ingest_row(**IDLE), 'A', ('orphan', None)),
+    ("another connection's session", ingest_row(ingest_client='B'), 'A', ('orphan', None)),
+]
+
+
+@pytest.mark.parametrize('row, connection, expected', [case[1:] for case in UPDATE],
+                         ids=[case[0] for case in UPDATE])
+def test_decide_update(row, connection, expected):
+    assert decide_update(row, connection) == expected
+
+
+#: (case, the connection's latest session on the channel) -> why it may not resume
+RESUME = [
+    ('never had one (the database lost it)', None, None),
+    ('reaped as stale: the API stopped hearing from it', {'end_reason': 'stale'}, None),
+    ('nginx said publish_done: never resurrected', {'end_reason': 'publisher_left'},
+     'session was ended: publisher_left'),
+    ('channel disabled', {'end_reason': 'channel_disabled'},
+     'session was ended: channel_disabled'),
+    ('key rotated', {'end_reason': 'key_rotated'}, 'session was ended: key_rotated'),
+    ('channel deleted', {'end_reason': 'channel_deleted'}, 'session was ended: channel_deleted'),
+    ('past maxSessionSeconds', {'end_reason': 'max_session_seconds'},
+     'session was ended: max_session_seconds'),
+    ('past maxBitrateKbps', {'end_reason': 'max_bitrate'}, 'session was ended: max_bitrate'),
+]
+
+
+@pytest.mark.parametrize('last, expected', [case[1:] for case in RESUME],
+                         ids=[case[0] for case in RESUME])
+def test_decide_resume(last, expected):
+    assert decide_resume(last) == expected
+
+
+#: (case, ingest_channel's read, seconds since it started, bitrate) -> end reason
+LIMITS = [
+    ('within both', ingest_row(), 60, 2000.0, None),
+    ('no bitrate measured yet', ingest_row(), 60, None, None),
+    ('bitrate at the limit', ingest_row(), 60, 2500.0, None),
+    ('bitrate over the limit', ingest_row(), 60, 2500.1, 'max_bitrate'),
+    ('duration at the limit', ingest_row(), 3600, 2000.0, None),
+    ('duration over the limit', ingest_row(), 3601, 2000.0, 'max_session_seconds'),
+    ('both over: duration first', ingest_row(), 3601, 9000.0, 'max_session_seconds'),
+    ('unlimited', ingest_row(max_bitrate_kbps=None, max_session_seconds=None), 10 ** 6,
+     10 ** 6, None),
+    ('limit 0 bitrate, nothing measured', ingest_row(max_bitrate_kbps=0), 60, None, None),
+    ('limit 0 bitrate, any measured', ingest_row(max_bitrate_kbps=0), 60, 0.1, 'max_bitrate'),
+]
+
+
+@pytest.mark.parametrize('row, seconds, bitrate, expected', [case[1:] for case in LIMITS],
+                         ids=[case[0] for case in LIMITS])
+def test_decide_limits(row, seconds, bitrate, expected):
+    assert decide_limits(row, row['started_at'] + seconds, bitrate) == expected
