@@ -579,12 +579,18 @@ class Store:
 
     # Sessions (a broadcast: one publish from go-live to end) -----------------
 
+    #: Ends a session at ? (not before it began) for the reason ?; nginx reports a stream
+    #: no more once it ends, so the bytes since its last sample are extrapolated at its
+    #: last measured rate (? and ? are the end again). See README "Statistics".
+    _ENDING = ('ended_at = max(?, started_at), end_reason = ?, bytes_in = bytes_in + '
+               'CAST(coalesce(bitrate_kbps, 0) * 125 * max(0, ? - coalesce(sampled_at, ?)) '
+               'AS INTEGER)')
+
     def _end_live_sessions(self, db, channel_filter, args, reason, now):
         """End the open sessions of the channels matching `channel_filter`."""
-        ended = db.execute('UPDATE sessions SET ended_at = max(?, started_at), end_reason = ? '
-                           'WHERE ended_at IS NULL AND channel_id IN '
-                           '(SELECT id FROM channels WHERE %s)' % channel_filter,
-                           (now, reason) + tuple(args)).rowcount
+        ended = db.execute('UPDATE sessions SET %s WHERE ended_at IS NULL AND channel_id IN '
+                           '(SELECT id FROM channels WHERE %s)' % (self._ENDING, channel_filter),
+                           (now, reason, now, now) + tuple(args)).rowcount
         db.execute('UPDATE channels SET live_session_id = NULL WHERE live_session_id IS NOT NULL '
                    'AND %s' % channel_filter, args)
         return ended
@@ -593,10 +599,9 @@ class Store:
         with self.transaction() as db:
             self._end_session(db, session_id, reason, ended_at)
 
-    @staticmethod
-    def _end_session(db, session_id, reason, ended_at):
-        db.execute('UPDATE sessions SET ended_at = max(?, started_at), end_reason = ? '
-                   'WHERE id = ? AND ended_at IS NULL', (ended_at, reason, session_id))
+    def _end_session(self, db, session_id, reason, ended_at):
+        db.execute('UPDATE sessions SET %s WHERE id = ? AND ended_at IS NULL' % self._ENDING,
+                   (ended_at, reason, ended_at, ended_at, session_id))
         db.execute('UPDATE channels SET live_session_id = NULL WHERE live_session_id = ?',
                    (session_id,))
 
@@ -627,7 +632,7 @@ class Store:
         return self._cached_row(
             'SELECT c.id, c.live_session_id, u.max_bitrate_kbps, u.max_session_seconds, '
             's.public_id AS session_id, s.ingest_client, s.started_at, s.last_seen_at, '
-            's.bytes_in FROM channels c '
+            's.bytes_in, s.sampled_at FROM channels c '
             'JOIN users u ON u.id = c.user_pk LEFT JOIN sessions s ON s.id = c.live_session_id '
             'WHERE c.public_id = ?', (public_id,))
 
@@ -678,12 +683,13 @@ class Store:
                            'AND ended_at IS NULL', (now, session_id))
                 return
             updated = db.execute(
-                'UPDATE sessions SET last_seen_at = ?, bytes_in = max(bytes_in, ?), '
+                'UPDATE sessions SET last_seen_at = ?, sampled_at = ?, '
+                'bytes_in = max(bytes_in, ?), '
                 'bitrate_kbps = ?, peak_bitrate_kbps = max(coalesce(peak_bitrate_kbps, 0), ?), '
                 'viewers = ?, peak_viewers = max(peak_viewers, ?), '
                 'video = coalesce(?, video), audio = coalesce(?, audio) '
                 'WHERE id = ? AND ended_at IS NULL',
-                (now, metrics['bytesIn'], metrics['bitrateKbps'], metrics['bitrateKbps'],
+                (now, now, metrics['bytesIn'], metrics['bitrateKbps'], metrics['bitrateKbps'],
                  metrics['viewers'], metrics['viewers'],
                  json.dumps(metrics['video']) if metrics['video'] else None,
                  json.dumps(metrics['audio']) if metrics['audio'] else None,
@@ -1169,12 +1175,16 @@ def user_json(row, admin):
 def session_json(row, now):
     end = row['ended_at'] if row['ended_at'] is not None else now
     duration = max(0.0, end - row['started_at'])
+    average = round(row['bytes_in'] * 8 / 1000 / duration, 1) if duration else 0
+    peak = row['peak_bitrate_kbps']
     return {
         'id': row['public_id'], 'channelId': row['channel_public_id'],
         'startedAt': iso(row['started_at']), 'endedAt': iso(row['ended_at']),
         'durationSeconds': round(duration), 'bytesIn': row['bytes_in'],
-        'avgBitrateKbps': round(row['bytes_in'] * 8 / 1000 / duration, 1) if duration else 0,
-        'peakBitrateKbps': row['peak_bitrate_kbps'], 'peakViewers': row['peak_viewers'],
+        'avgBitrateKbps': average,
+        # nginx's bw_in is smoothed: it can stay below what the bytes say was sent.
+        'peakBitrateKbps': peak if peak is None else max(peak, average),
+        'peakViewers': row['peak_viewers'],
         'video': json.loads(row['video']) if row['video'] else None,
         'audio': json.loads(row['audio']) if row['audio'] else None,
         'endReason': row['end_reason']}
@@ -1227,15 +1237,17 @@ class IngestStats:
         self._snapshot = None
         self._fetching, self._fetch_started = None, None
 
-    def snapshot(self):
-        """{url, reachable, streams: {name: metrics}}; reachable False on any failure
-        and while the stat URL has not answered within `timeout`. The fetch runs in
+    def snapshot(self, max_age=None):
+        """{url, reachable, streams: {name: metrics}}, at most `max_age` (default: the
+        instance's) seconds old; reachable False on any failure and while the stat
+        URL has not answered within `timeout`. The fetch runs in
         a background thread, one at a time: a URL that trickles or hangs (which a
         socket timeout alone does not bound) costs a caller at most `timeout`."""
         if not self.url:
             return {'url': None, 'reachable': False, 'streams': {}}
         snapshot = self._snapshot
-        if snapshot and self.clock() - snapshot['at'] < self.max_age:
+        if snapshot and self.clock() - snapshot['at'] < (
+                self.max_age if max_age is None else max_age):
             return snapshot
         with self._lock:
             if self._fetching is None:
@@ -1756,6 +1768,18 @@ def decide_resume(last):
     return None
 
 
+def measured_bitrate(metrics, live, now):
+    """A stream's bitrate in kbit/s: nginx's bw_in; while that is still 0 (its first
+    ~10 s), the growth of bytes_in since the session's last sample, or since it began."""
+    if metrics['bitrateKbps']:
+        return metrics['bitrateKbps']
+    since, before = (live['started_at'], 0) if live['sampled_at'] is None else \
+        (live['sampled_at'], live['bytes_in'])
+    if now <= since:
+        return metrics['bitrateKbps']
+    return round(max(0, metrics['bytesIn'] - before) * 8 / 1000 / (now - since), 1)
+
+
 def decide_limits(live, now, bitrate_kbps):
     """The limit an open session has passed (its end reason), or None."""
     if live['max_session_seconds'] is not None and \
@@ -1811,10 +1835,8 @@ def ingest_update(svc, name, key, connection, addr):
         if decide_update(live, connection)[0] != 'keep':
             raise HookDenied('session was ended as it resumed')  # deleted, disabled, re-keyed
     metrics = svc.ingest.snapshot()['streams'].get(name)
-    if metrics and not metrics['bitrateKbps'] and live['bytes_in'] and \
-            now > live['last_seen_at']:
-        metrics = dict(metrics, bitrateKbps=round(
-            (metrics['bytesIn'] - live['bytes_in']) * 8 / 1000 / (now - live['last_seen_at']), 1))
+    if metrics:
+        metrics = dict(metrics, bitrateKbps=measured_bitrate(metrics, live, now))
     if metrics or heartbeat_due(svc, live, now):
         svc.store.record_sample(live['live_session_id'], now, metrics)
     over = decide_limits(live, now, metrics and metrics['bitrateKbps'])
@@ -1828,10 +1850,14 @@ def ingest_publish_done(svc, name, connection):
     live = svc.store.ingest_channel(name)
     ended = decide_update(live, connection)[0] == 'keep'  # its own open session, if any
     if ended:
-        metrics = svc.ingest.snapshot()['streams'].get(name)
+        now = svc.clock()
+        # A snapshot taken now, if /stat still lists the stream (nginx usually has
+        # dropped it by then): else end_session extrapolates from the last sample.
+        metrics = svc.ingest.snapshot(max_age=0)['streams'].get(name)
         if metrics:
-            svc.store.record_sample(live['live_session_id'], svc.clock(), metrics)
-        svc.store.end_session(live['live_session_id'], 'publisher_left', svc.clock())
+            svc.store.record_sample(live['live_session_id'], now,
+                                    dict(metrics, bitrateKbps=measured_bitrate(metrics, live, now)))
+        svc.store.end_session(live['live_session_id'], 'publisher_left', now)
         log.info('channel %s is idle (session %s ended: publisher_left)', name,
                  live['session_id'])
     return {'ended': ended}

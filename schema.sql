@@ -164,3 +164,8 @@ CREATE TRIGGER IF NOT EXISTS channel_name_changed AFTER UPDATE OF name ON channe
     INSERT INTO channel_names (rowid, name) VALUES (NEW.id, NEW.name);
 END;
 INSERT INTO channel_names (channel_names) VALUES ('rebuild');
+
+-- migration: 4
+-- When a session's figures (bytes_in, bitrate_kbps) were last measured: the base of
+-- a bitrate from the growth of bytes_in, and of the bytes extrapolated at its end.
+ALTER TABLE sessions ADD COLUMN sampled_at REAL;

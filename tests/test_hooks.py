@@ -258,6 +258,19 @@ def test_update_publish_over_max_bitrate(admin, hook, clock, interval, stat_serv
     assert ended['endedAt'] == iso(clock.now)
 
 
+def test_a_bitrate_limit_cuts_at_the_first_update(admin, hook, clock, interval, stat_server):
+    """nginx's bw_in stays 0 for a stream's first ~10 s: the first update measures
+    the bytes received since the session began instead."""
+    channel = make_channel(admin, maxBitrateKbps=100)
+    assert publish(hook, channel).status_int == 200
+    clock.advance(interval)
+    stat_server.serve({'name': channel['id'], 'bw_in': 0, 'bytes_in': 320 * 125 * interval})
+    assert_refused(update(hook, channel))
+    ended = sessions(admin, channel)['items'][0]
+    assert ended['endReason'] == 'max_bitrate'
+    assert ended['peakBitrateKbps'] == 320.0
+
+
 @pytest.mark.parametrize('history', ['reaped as stale', 'never published'])
 def test_update_publish_without_an_open_session_resumes(admin, hook, clock, interval, history):
     channel = make_channel(admin)

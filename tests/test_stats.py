@@ -112,6 +112,64 @@ def test_bitrate_from_bytes_when_bw_in_is_still_zero(admin, hook, clock, interva
                                                    abs=0.05)
 
 
+def test_the_first_bitrate_comes_from_the_bytes_since_the_session_began(
+        admin, hook, clock, interval, stat_server):
+    channel = make_channel(admin)
+    assert publish(hook, channel).status_int == 200
+    stat_server.serve({'name': channel['id'], 'bw_in': 0, 'bytes_in': 400000})
+    clock.advance(interval)
+    assert update(hook, channel).status_int == 200
+    assert stats(admin, channel)['current']['bitrateKbps'] == \
+        pytest.approx(400000 * 8 / 1000 / interval, abs=0.05)
+
+
+@pytest.mark.parametrize('end', [None, 'publisher_left'])
+def test_the_peak_bitrate_is_never_below_the_average(admin, hook, clock, interval,
+                                                     stat_server, end):
+    """nginx's bw_in is a smoothed rate: it can report less than the bytes say."""
+    channel = make_channel(admin)
+    assert publish(hook, channel).status_int == 200
+    stat_server.serve({'name': channel['id'], 'bw_in': 100000, 'bytes_in': 10 ** 6})
+    clock.advance(interval)
+    assert update(hook, channel).status_int == 200
+    if end:
+        assert publish_done(hook, channel).status_int == 200
+    session = sessions(admin, channel)['items'][0]
+    assert session['avgBitrateKbps'] == pytest.approx(8000 / interval, abs=0.05)
+    assert session['peakBitrateKbps'] == session['avgBitrateKbps']
+
+
+def test_bytes_after_the_last_update_are_extrapolated(admin, hook, clock, interval,
+                                                      stat_server):
+    """nginx lists a stream in /stat no longer once it calls publish_done: the bytes
+    since the last update are counted at the last measured rate."""
+    channel = make_channel(admin)
+    assert publish(hook, channel).status_int == 200
+    stat_server.serve({'name': channel['id'], 'bw_in': 800000, 'bytes_in': 10 ** 6})
+    clock.advance(interval)
+    assert update(hook, channel).status_int == 200
+    clock.advance(4)
+    stat_server.serve()
+    assert publish_done(hook, channel).status_int == 200
+    expected = 10 ** 6 + 800 * 125 * 4
+    assert sessions(admin, channel)['items'][0]['bytesIn'] == expected
+    assert stats(admin, channel)['totals']['bytesIn'] == expected
+
+
+def test_publish_done_takes_fresh_figures_while_stat_still_lists_the_stream(
+        app, admin, hook, clock, interval, stat_server):
+    app.livestream.ingest.max_age = 3600  # the update's snapshot would still be served
+    channel = make_channel(admin)
+    assert publish(hook, channel).status_int == 200
+    stat_server.serve({'name': channel['id'], 'bw_in': 800000, 'bytes_in': 10 ** 6})
+    clock.advance(interval)
+    assert update(hook, channel).status_int == 200
+    clock.advance(1)
+    stat_server.serve({'name': channel['id'], 'bw_in': 800000, 'bytes_in': 1234567})
+    assert publish_done(hook, channel).status_int == 200
+    assert sessions(admin, channel)['items'][0]['bytesIn'] == 1234567
+
+
 def test_totals_count_ended_sessions_and_the_running_one(admin, hook, clock, interval,
                                                          stat_server):
     channel = make_channel(admin)
@@ -190,6 +248,8 @@ def test_sessions_newest_first_with_every_figure(admin, hook, clock, interval, s
         end = broadcast['endedAt'] if broadcast['endedAt'] is not None else clock.now
         duration = end - broadcast['startedAt']
         bytes_in = broadcast['samples'][-1][1]
+        if broadcast['end'] == 'disabled':  # 2 s after its last sample, at the last bw_in
+            bytes_in += broadcast['samples'][-1][0] // 8 * 2
         assert item['channelId'] == channel['id']
         assert item['endedAt'] == (iso(end) if broadcast['endedAt'] is not None else None)
         assert item['durationSeconds'] == duration
