@@ -112,13 +112,19 @@ def test_bitrate_from_bytes_when_bw_in_is_still_zero(admin, hook, clock, interva
                                                    abs=0.05)
 
 
-def test_the_first_bitrate_comes_from_the_bytes_since_the_session_began(
-        admin, hook, clock, interval, stat_server):
+def live_and_updated(admin, hook, clock, interval, stat_server, bw_in, bytes_in):
+    """A new channel, published and then updated once, an interval later, with these figures."""
     channel = make_channel(admin)
     assert publish(hook, channel).status_int == 200
-    stat_server.serve({'name': channel['id'], 'bw_in': 0, 'bytes_in': 400000})
+    stat_server.serve({'name': channel['id'], 'bw_in': bw_in, 'bytes_in': bytes_in})
     clock.advance(interval)
     assert update(hook, channel).status_int == 200
+    return channel
+
+
+def test_the_first_bitrate_comes_from_the_bytes_since_the_session_began(
+        admin, hook, clock, interval, stat_server):
+    channel = live_and_updated(admin, hook, clock, interval, stat_server, 0, 400000)
     assert stats(admin, channel)['current']['bitrateKbps'] == \
         pytest.approx(400000 * 8 / 1000 / interval, abs=0.05)
 
@@ -127,11 +133,7 @@ def test_the_first_bitrate_comes_from_the_bytes_since_the_session_began(
 def test_the_peak_bitrate_is_never_below_the_average(admin, hook, clock, interval,
                                                      stat_server, end):
     """nginx's bw_in is a smoothed rate: it can report less than the bytes say."""
-    channel = make_channel(admin)
-    assert publish(hook, channel).status_int == 200
-    stat_server.serve({'name': channel['id'], 'bw_in': 100000, 'bytes_in': 10 ** 6})
-    clock.advance(interval)
-    assert update(hook, channel).status_int == 200
+    channel = live_and_updated(admin, hook, clock, interval, stat_server, 100000, 10 ** 6)
     if end:
         assert publish_done(hook, channel).status_int == 200
     session = sessions(admin, channel)['items'][0]
@@ -143,11 +145,7 @@ def test_bytes_after_the_last_update_are_extrapolated(admin, hook, clock, interv
                                                       stat_server):
     """nginx lists a stream in /stat no longer once it calls publish_done: the bytes
     since the last update are counted at the last measured rate."""
-    channel = make_channel(admin)
-    assert publish(hook, channel).status_int == 200
-    stat_server.serve({'name': channel['id'], 'bw_in': 800000, 'bytes_in': 10 ** 6})
-    clock.advance(interval)
-    assert update(hook, channel).status_int == 200
+    channel = live_and_updated(admin, hook, clock, interval, stat_server, 800000, 10 ** 6)
     clock.advance(4)
     stat_server.serve()
     assert publish_done(hook, channel).status_int == 200
@@ -159,11 +157,7 @@ def test_bytes_after_the_last_update_are_extrapolated(admin, hook, clock, interv
 def test_publish_done_takes_fresh_figures_while_stat_still_lists_the_stream(
         app, admin, hook, clock, interval, stat_server):
     app.livestream.ingest.max_age = 3600  # the update's snapshot would still be served
-    channel = make_channel(admin)
-    assert publish(hook, channel).status_int == 200
-    stat_server.serve({'name': channel['id'], 'bw_in': 800000, 'bytes_in': 10 ** 6})
-    clock.advance(interval)
-    assert update(hook, channel).status_int == 200
+    channel = live_and_updated(admin, hook, clock, interval, stat_server, 800000, 10 ** 6)
     clock.advance(1)
     stat_server.serve({'name': channel['id'], 'bw_in': 800000, 'bytes_in': 1234567})
     assert publish_done(hook, channel).status_int == 200
