@@ -1798,7 +1798,8 @@ class HookDenied(Exception):
 
 
 def _check_hook_secret(svc):
-    given = bottle.request.query.get('secret', '')
+    # The first value, as for the form fields (_form_fields): one rule for repeats.
+    given = (bottle.request.query.getall('secret') or [''])[0]
     if not hmac.compare_digest(given.encode('latin-1', 'replace'), svc.hook_secret.encode()):
         log.warning('hook refused: missing or wrong hook secret from %s',
                     bottle.request.environ.get('REMOTE_ADDR'))

@@ -46,6 +46,28 @@ def test_wrong_or_missing_secret_is_refused(app, admin, secret):
     assert sessions(admin, channel)['total'] == 0
 
 
+@pytest.mark.parametrize('order', ['right first', 'wrong first'])
+def test_a_repeated_secret_counts_by_its_first_value(app, admin, order):
+    """One rule for the URL and the form body: where a name repeats, the first value
+    counts (nginx puts its own fields before the publisher's arguments)."""
+    channel = make_channel(admin)
+    name, key = stream_args(channel)
+    secrets = [app.livestream.hook_secret, 'wrong']
+    if order == 'wrong first':
+        secrets.reverse()
+    answer = webtest.TestApp(app).post(
+        '/v1/hooks/nginx-rtmp?' + urllib.parse.urlencode([('secret', secret)
+                                                          for secret in secrets]),
+        {'call': 'publish', 'name': name, 'key': key, 'app': 'live', 'clientid': '1'},
+        expect_errors=True)
+    if order == 'right first':
+        assert answer.status_int == 200, answer.text
+        assert get(admin, channel)['status'] == 'live'
+    else:
+        assert_refused(answer)
+        assert get(admin, channel)['status'] == 'idle'
+
+
 # publish ######################################################################
 
 def test_publish_with_the_right_key_goes_live(admin, hook, clock):
