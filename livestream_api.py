@@ -100,6 +100,7 @@ CONFIG_KEYS = {
         'rtmp_url': (_url, 'rtmp://127.0.0.1:1935/live'),
         'hls_url': (_url, 'http://127.0.0.1:8088/hls'),
         'stat_url': (_url, 'http://127.0.0.1:8088/stat'),
+        'control_url': (_url, 'http://127.0.0.1:8088/control'),
         'hook_secret': (str, ''),
         'update_interval': (_positive_int, '10'),
     },
@@ -374,12 +375,15 @@ class Store:
                               (secret_hash, client_pk)).rowcount > 0
 
     def delete_client(self, client_pk, now):
-        """Delete a client with its users and channels, ending their live sessions."""
+        """Delete a client with its users and channels, ending their live sessions;
+        returns the sessions ended (_end_live_sessions)."""
         with self.transaction() as db:
-            self._end_live_sessions(db, 'client_id = ?', (client_pk,), 'channel_deleted', now)
+            ended = self._end_live_sessions(db, 'client_id = ?', (client_pk,), 'channel_deleted',
+                                            now)
             db.execute('DELETE FROM channels WHERE client_id = ?', (client_pk,))
             db.execute('DELETE FROM users WHERE client_id = ?', (client_pk,))
             db.execute('DELETE FROM clients WHERE id = ?', (client_pk,))
+        return ended
 
     # Users -------------------------------------------------------------------
 
@@ -435,10 +439,12 @@ class Store:
             return self.user(client_pk, user_id), created  # this thread's db: sees the write
 
     def delete_user(self, user_pk, now):
+        """Delete a user and its channels; returns the sessions ended (_end_live_sessions)."""
         with self.transaction() as db:
-            self._end_live_sessions(db, 'user_pk = ?', (user_pk,), 'channel_deleted', now)
+            ended = self._end_live_sessions(db, 'user_pk = ?', (user_pk,), 'channel_deleted', now)
             db.execute('DELETE FROM channels WHERE user_pk = ?', (user_pk,))
             db.execute('DELETE FROM users WHERE id = ?', (user_pk,))
+        return ended
 
     # Channels ----------------------------------------------------------------
 
@@ -556,7 +562,7 @@ class Store:
 
     def update_channel(self, channel_pk, fields, now, new_key=False):
         """Change a channel's fields (and key); a live stream is ended when the
-        channel is disabled or re-keyed. Returns the reason it ended, if it did."""
+        channel is disabled or re-keyed. Returns the sessions ended (_end_live_sessions)."""
         columns = dict(fields)
         if 'metadata' in columns:
             columns['metadata'] = json.dumps(columns['metadata'])
@@ -570,12 +576,14 @@ class Store:
                        tuple(columns.values()) + (now, channel_pk))
             if reason:
                 return self._end_live_sessions(db, 'id = ?', (channel_pk,), reason, now)
-        return 0
+        return []
 
     def delete_channel(self, channel_pk, now):
+        """Delete a channel, ending its live session; returns it ended (_end_live_sessions)."""
         with self.transaction() as db:
-            self._end_live_sessions(db, 'id = ?', (channel_pk,), 'channel_deleted', now)
+            ended = self._end_live_sessions(db, 'id = ?', (channel_pk,), 'channel_deleted', now)
             db.execute('DELETE FROM channels WHERE id = ?', (channel_pk,))
+        return ended
 
     # Sessions (a broadcast: one publish from go-live to end) -----------------
 
@@ -587,10 +595,17 @@ class Store:
                'AS INTEGER)')
 
     def _end_live_sessions(self, db, channel_filter, args, reason, now):
-        """End the open sessions of the channels matching `channel_filter`."""
-        ended = db.execute('UPDATE sessions SET %s WHERE ended_at IS NULL AND channel_id IN '
-                           '(SELECT id FROM channels WHERE %s)' % (self._ENDING, channel_filter),
-                           (now, reason, now, now) + tuple(args)).rowcount
+        """End the open sessions of the channels matching `channel_filter`. Returns them
+        as rows (channel_id, session_id, connection: public ids and the ingest's
+        connection), so that their publishers can be kicked (Service.kick)."""
+        ended = db.execute(
+            'SELECT c.public_id AS channel_id, s.public_id AS session_id, '
+            's.ingest_client AS connection FROM (SELECT public_id, live_session_id '
+            'FROM channels WHERE live_session_id IS NOT NULL AND %s) c '
+            'JOIN sessions s ON s.id = c.live_session_id' % channel_filter, args).fetchall()
+        db.execute('UPDATE sessions SET %s WHERE ended_at IS NULL AND channel_id IN '
+                   '(SELECT id FROM channels WHERE %s)' % (self._ENDING, channel_filter),
+                   (now, reason, now, now) + tuple(args))
         db.execute('UPDATE channels SET live_session_id = NULL WHERE live_session_id IS NOT NULL '
                    'AND %s' % channel_filter, args)
         return ended
@@ -1285,6 +1300,107 @@ class IngestStats:
             self._fetching = None
 
 
+# Kicking publishers ###########################################################
+
+def rtmp_app(config):
+    """The RTMP application streams are published to: the last segment of rtmp_url."""
+    return config['ingest']['rtmp_url'].rsplit('/', 1)[-1] or 'live'
+
+
+class Kicker:
+    """Drops publishers at one ingest node, off the request's path: kick() queues
+    the sessions the API just ended, and a daemon thread (start/stop), or
+    run_once(), asks the node to drop each. One subclass per kind of node."""
+
+    kind = None
+
+    def __init__(self, url, timeout=1.0):
+        self.url, self.timeout = url, timeout
+        self._queue = queue.Queue(maxsize=10000)
+        self._thread = None
+
+    def kick(self, ended):
+        """Queue the publishers of `ended` (rows of channel_id, session_id, connection)."""
+        for session in ended:
+            try:
+                self._queue.put_nowait(session)
+            except queue.Full:
+                self._failed(session, 'too many kicks queued')
+
+    def run_once(self):
+        """Send every kick queued so far, here and now; how many were sent."""
+        sent = 0
+        while True:
+            try:
+                session = self._queue.get_nowait()
+            except queue.Empty:
+                return sent
+            if session is not None:
+                self._send(session)
+                sent += 1
+
+    def start(self):
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name='%s-kicker' % self.kind,
+                                            daemon=True)
+            self._thread.start()
+
+    def stop(self, timeout=5.0):
+        """Send what is queued (within `timeout` if a thread sends), then stop."""
+        if self._thread is None:
+            self.run_once()
+            return
+        self._queue.put(None)
+        self._thread.join(timeout)
+        self._thread = None
+
+    def _run(self):
+        while True:
+            session = self._queue.get()
+            if session is None:
+                return
+            self._send(session)
+
+    def _send(self, session):
+        try:
+            outcome = self.drop(session)
+        except Exception as error:  # logged and left: see _failed
+            self._failed(session, error)
+        else:
+            log.info('kicked the publisher of channel %s (session %s) at %s: %s',
+                     session['channel_id'], session['session_id'], self.url, outcome)
+
+    def _failed(self, session, error):
+        # Not fatal: the session is over in the database, so the node's next update
+        # hook for the stream is refused and the node drops it then.
+        log.warning('could not kick the publisher of channel %s (session %s) at %s: %s; '
+                    'it is dropped at its next update hook', session['channel_id'],
+                    session['session_id'], self.url, error)
+
+    def drop(self, session):
+        """Have the node drop this session's publisher; returns what the node said."""
+        raise NotImplementedError
+
+
+class NginxRtmpKicker(Kicker):
+    """nginx-rtmp's control module (`rtmp_control all` at `url`, see NGINX_CONF)."""
+
+    kind = 'nginx-rtmp'
+
+    def __init__(self, url, app, timeout=1.0):
+        super().__init__(url, timeout)
+        self.app = app
+
+    def drop(self, session):
+        query = {'app': self.app, 'name': session['channel_id']}
+        clientid = session['connection'].rpartition('/')[2]
+        if clientid:  # that connection only: not the encoder reconnecting with a new key
+            query['clientid'] = clientid
+        with urllib.request.urlopen('%s/drop/publisher?%s' % (
+                self.url, urllib.parse.urlencode(query)), timeout=self.timeout) as answer:
+            return '%s dropped' % answer.read(64).decode('ascii', 'replace').strip()
+
+
 ###############################################################################
 # The application ##############################################################
 ###############################################################################
@@ -1304,6 +1420,9 @@ class Service:
         self.throttle = Throttle(config['auth']['throttle_failures'],
                                  config['auth']['throttle_seconds'])
         self.ingest = IngestStats(config['ingest']['stat_url'])
+        control_url = config['ingest']['control_url']
+        #: Drops the publisher of a session the API ends (None: [ingest] control_url empty).
+        self.kicker = NginxRtmpKicker(control_url, rtmp_app(config)) if control_url else None
         self.started = time.monotonic()
         self.hook_secret = None
         self._next_stale_check = float('-inf')
@@ -1322,6 +1441,22 @@ class Service:
     def forget_logins(self):
         """After a client changes in this process, every login is checked afresh."""
         self.logins.clear()
+
+    def kick(self, ended):
+        """Have the ingest drop the publishers of sessions just ended (after their
+        commit): at once, where a kicker is configured, not at their next update."""
+        if self.kicker and ended:
+            self.kicker.kick(ended)
+
+    def start(self):
+        """Start the background workers (serve owns their lifetimes)."""
+        if self.kicker:
+            self.kicker.start()
+
+    def stop(self):
+        """Finish what the background workers have queued, and stop them."""
+        if self.kicker:
+            self.kicker.stop()
 
     @property
     def default_limits(self):
@@ -1416,7 +1551,7 @@ def delete_client(token_id):
         raise ApiError(409, EC_CONFLICT, 'client still owns %d users; delete them first or '
                        'pass ?force=true' % client['users'], {'users': client['users']})
     svc = service()
-    svc.store.delete_client(client['id'], svc.clock())
+    svc.kick(svc.store.delete_client(client['id'], svc.clock()))
     svc.forget_logins()
     return envelope(None, 204)
 
@@ -1506,7 +1641,7 @@ def delete_user(user_id):
         raise ApiError(409, EC_CONFLICT, 'user still has %d channels; delete them first or '
                        'pass ?force=true' % user['channels'], {'channels': user['channels']})
     svc = service()
-    svc.store.delete_user(user['id'], svc.clock())
+    svc.kick(svc.store.delete_user(user['id'], svc.clock()))
     return envelope(None, 204)
 
 
@@ -1581,7 +1716,7 @@ def _update_channel(channel_id, replace):
         fields = dict({'description': '', 'metadata': {}, 'enabled': True}, **fields)
     svc = service()
     if fields:
-        svc.store.update_channel(channel['id'], fields, svc.clock())
+        svc.kick(svc.store.update_channel(channel['id'], fields, svc.clock()))
     return envelope(_render_channel(_channel(channel_id)))
 
 
@@ -1600,7 +1735,7 @@ def delete_channel(channel_id):
     channel = _channel(channel_id)
     query(())
     svc = service()
-    svc.store.delete_channel(channel['id'], svc.clock())
+    svc.kick(svc.store.delete_channel(channel['id'], svc.clock()))
     return envelope(None, 204)
 
 
@@ -1609,7 +1744,7 @@ def rotate_key(channel_id):
     channel = _channel(channel_id)
     query(())
     svc = service()
-    svc.store.update_channel(channel['id'], {}, svc.clock(), new_key=True)
+    svc.kick(svc.store.update_channel(channel['id'], {}, svc.clock(), new_key=True))
     return envelope(_render_channel(_channel(channel_id)))
 
 
@@ -1843,6 +1978,8 @@ def ingest_update(svc, name, key, connection, addr):
     over = decide_limits(live, now, metrics and metrics['bitrateKbps'])
     if over:
         svc.store.end_session(live['live_session_id'], over, now)
+        svc.kick([{'channel_id': name, 'session_id': live['session_id'],
+                   'connection': connection}])  # whether or not the 403 reaches nginx
         raise HookDenied('session passed %s' % over)
     return {'allowed': True}
 
@@ -2366,6 +2503,7 @@ def serve(config, environ, drain_seconds=10):
     import waitress.server
     app = create_app(config)
     bootstrap_admin(app, environ)
+    app.livestream.start()
     server_config = config['server']
     access_log = AccessLog(app)
     # Our own socket map: create_server returns a single TcpWSGIServer (which has
@@ -2408,6 +2546,7 @@ def serve(config, environ, drain_seconds=10):
         if not channels or time.monotonic() > deadline:
             break
     server.asyncore.close_all(socket_map)
+    app.livestream.stop()
     app.livestream.store.close()
     access_log.close()
     log.info('stopped')
@@ -2480,6 +2619,15 @@ http {{
             rtmp_stat all;
         }}
 
+        # The API drops a publisher here the moment it ends its session ([ingest]
+        # control_url); loopback only, whatever address this server listens on.
+        location /control {{
+            rtmp_control all;
+            allow 127.0.0.1;
+            allow ::1;
+            deny all;
+        }}
+
         location /hls {{
             types {{
                 application/vnd.apple.mpegurl m3u8;
@@ -2500,7 +2648,7 @@ def nginx_conf(config, hook_secret, rtmp_port, http_port, prefix, http_host='127
     api_host = '127.0.0.1' if server['host'] in ('0.0.0.0', '::', '') else server['host']
     if ':' in api_host:
         api_host = '[%s]' % api_host
-    app = config['ingest']['rtmp_url'].rsplit('/', 1)[-1] or 'live'
+    app = rtmp_app(config)
     hook = 'http://%s:%d/v1/hooks/nginx-rtmp?secret=%s' % (api_host, server['port'], hook_secret)
     return NGINX_CONF.format(prefix=os.path.abspath(prefix), module=NGINX_RTMP_MODULE,
                              rtmp_port=rtmp_port, http_port=http_port, http_host=http_host,
@@ -2600,7 +2748,8 @@ def main(argv=None, environ=None):
                 print('livestream-api: client owns %d users; pass --force to delete them too'
                       % client['users'], file=sys.stderr)
                 return 1
-            store.delete_client(client['id'], time.time())
+            app.livestream.kick(store.delete_client(client['id'], time.time()))
+            app.livestream.stop()  # sends the kicks: the CLI starts no worker thread
             print('deleted %s' % args.token_id)
     finally:
         store.close()

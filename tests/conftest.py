@@ -37,7 +37,8 @@ def clock():
 def make_app(tmp_path, clock):
     """make_app(**sections) -> (webtest.TestApp, bottle app) on a fresh database."""
     def make(**sections):
-        overrides = {'database': {'path': str(tmp_path / 'live.db')}, 'ingest': {'stat_url': ''}}
+        overrides = {'database': {'path': str(tmp_path / 'live.db')},
+                     'ingest': {'stat_url': '', 'control_url': ''}}
         for section, keys in sections.items():
             overrides.setdefault(section, {}).update(keys)
         config = livestream_api.load_config(environ={}, overrides=overrides)

@@ -132,9 +132,10 @@ class Api:
 
 
 class Stack:
-    """The API and nginx-rtmp on free ports in one temporary directory."""
+    """The API and nginx-rtmp on free ports in one temporary directory, nginx calling
+    update_publish every `update_interval` seconds."""
 
-    def __init__(self):
+    def __init__(self, update_interval=UPDATE_INTERVAL):
         self.token_id, self.token_secret = 'e2e-admin', secrets.token_urlsafe(24)
         self.hook_secret = secrets.token_urlsafe(32)
         self.api_port, self.rtmp_port, self.http_port = free_port(), free_port(), free_port()
@@ -164,11 +165,12 @@ class Stack:
             'LIVE_TOKEN_ID': self.token_id, 'LIVE_TOKEN_SECRET': self.token_secret,
             # nginx-conf reads the API's port from the config for the hook URL.
             'LIVESTREAM_SERVER_PORT': str(self.api_port),
-            'LIVESTREAM_INGEST_UPDATE_INTERVAL': str(UPDATE_INTERVAL),
+            'LIVESTREAM_INGEST_UPDATE_INTERVAL': str(update_interval),
             'LIVESTREAM_INGEST_HOOK_SECRET': self.hook_secret,
             'LIVESTREAM_INGEST_RTMP_URL': 'rtmp://127.0.0.1:%d/live' % self.rtmp_port,
             'LIVESTREAM_INGEST_HLS_URL': 'http://127.0.0.1:%d/hls' % self.http_port,
             'LIVESTREAM_INGEST_STAT_URL': 'http://127.0.0.1:%d/stat' % self.http_port,
+            'LIVESTREAM_INGEST_CONTROL_URL': 'http://127.0.0.1:%d/control' % self.http_port,
         })
 
     # The API -----------------------------------------------------------------
@@ -276,4 +278,4 @@ def wait_exit(encoder, timeout):
     try:
         return encoder.wait(timeout)
     except subprocess.TimeoutExpired:
-        raise AssertionError('ffmpeg still running after %.0f s' % timeout) from None
+        raise AssertionError('ffmpeg still running after %g s' % timeout) from None

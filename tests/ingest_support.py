@@ -1,5 +1,5 @@
-"""Helpers shared by the hook and statistics tests: nginx-rtmp /stat XML served
-by a real local HTTP server, and nginx-shaped notify calls."""
+"""Helpers shared by the hook, statistics and kick tests: nginx-rtmp /stat XML and
+its control module, served by real local HTTP servers, and nginx-shaped notify calls."""
 
 import copy
 import http.server
@@ -70,6 +70,45 @@ class StatServer:
         self.xml = stat_xml(*streams)
 
     def close(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+        self.thread.join(5)
+
+
+class ControlServer:
+    """A real HTTP server on 127.0.0.1 standing in for nginx-rtmp's control module:
+    it records each GET (path and query) and answers "1" (one publisher dropped),
+    or, with hang set, holds the request until closed."""
+
+    def __init__(self):
+        self.calls = []
+        self.hang = False
+        self.released = threading.Event()
+        server = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):
+                server.calls.append(self.path)
+                if server.hang:
+                    server.released.wait(30)
+                    return
+                self.send_response(200)
+                self.send_header('Content-Type', 'text/plain')
+                self.send_header('Content-Length', '1')
+                self.end_headers()
+                self.wfile.write(b'1')
+
+            def log_message(self, *args):
+                pass
+
+        self.httpd = http.server.ThreadingHTTPServer(('127.0.0.1', 0), Handler)
+        self.httpd.daemon_threads = True
+        self.url = 'http://127.0.0.1:%d/control' % self.httpd.server_port
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self):
+        self.released.set()
         self.httpd.shutdown()
         self.httpd.server_close()
         self.thread.join(5)

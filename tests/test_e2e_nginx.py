@@ -19,19 +19,24 @@ pytestmark = pytest.mark.e2e
 #: Generous bounds for a busy 2-core machine; the tests normally finish well inside them.
 GO_LIVE_SECONDS = 20
 REFUSED_SECONDS = 15
-#: A stream the API stops allowing is dropped at nginx's next update call.
-CUT_OFF_SECONDS = UPDATE_INTERVAL + 8
+#: A stream the API stops allowing is dropped through nginx's control module at once:
+#: within this many seconds of the API's answer, with nginx's update calls 10 s apart.
+CUT_OFF_SECONDS = 1.5
+#: The update interval of the stack the cut-off is measured on: long, so that an
+#: update call cannot be what drops the stream.
+CUT_OFF_UPDATE_INTERVAL = 10
 
 
-@pytest.fixture(scope='module')
-def stack():
+def running_stack(update_interval=UPDATE_INTERVAL):
+    """A started Stack (stopped when the generator closes), or a skip / failure
+    naming what this machine lacks."""
     missing = missing_requirements()
     if missing:
         reason = 'end-to-end tests need ' + ', '.join(missing)
         if os.environ.get('LIVESTREAM_E2E') == '1':
             pytest.fail(reason + ' (required because LIVESTREAM_E2E=1)', pytrace=False)
         pytest.skip(reason)
-    stack = Stack()
+    stack = Stack(update_interval)
     try:
         stack.start()
         yield stack
@@ -39,13 +44,32 @@ def stack():
         stack.stop()
 
 
-@pytest.fixture
-def e2e(stack):
-    """The stack with nginx running; this test's encoders are killed after it."""
+@pytest.fixture(scope='module')
+def stack():
+    yield from running_stack()
+
+
+@pytest.fixture(scope='module')
+def slow_updates_stack():
+    yield from running_stack(CUT_OFF_UPDATE_INTERVAL)
+
+
+def with_nginx(stack):
+    """The stack with nginx running; the test's encoders are killed after it."""
     if not stack.nginx_running():
         stack.start_nginx()
     yield stack
     stack.stop_encoders()
+
+
+@pytest.fixture
+def e2e(stack):
+    yield from with_nginx(stack)
+
+
+@pytest.fixture
+def e2e_slow_updates(slow_updates_stack):
+    yield from with_nginx(slow_updates_stack)
 
 
 def new_channel(stack, max_live_channels=1, channels=1):
@@ -180,28 +204,34 @@ def test_a_wrong_key_is_refused(e2e):
 
 
 @pytest.mark.parametrize('action, end_reason', [
-    ('disable', 'channel_disabled'), ('rotate-key', 'key_rotated'), ('delete', 'channel_deleted')])
-def test_the_api_cuts_a_live_encoder_off(e2e, action, end_reason):
+    ('disable', 'channel_disabled'), ('rotate-key', 'key_rotated'), ('delete', 'channel_deleted'),
+    ('delete-user', 'channel_deleted')])
+def test_the_api_cuts_a_live_encoder_off_at_once(e2e_slow_updates, action, end_reason):
+    e2e = e2e_slow_updates
     channel = new_channel(e2e)
     encoder = publish(e2e, channel)
     wait_live(e2e, channel, encoder)
     path = '/v1/channels/' + channel['id']
-    acted = time.monotonic()
     if action == 'disable':
         assert e2e.api.ok('PATCH', path, {'enabled': False})['status'] == 'disabled'
     elif action == 'rotate-key':
         assert e2e.api.ok('POST', path + '/rotate-key')['streamId'] != channel['streamId']
-    else:
+    elif action == 'delete':
         assert e2e.api.call('DELETE', path) == (204, None)
+    else:
+        assert e2e.api.call('DELETE', '/v1/users/%s?force=true' % channel['userId']) == \
+            (204, None)
+    answered = time.monotonic()
     assert wait_exit(encoder, CUT_OFF_SECONDS) != 0
-    print('%s cut the encoder off after %.1f s' % (action, time.monotonic() - acted))
+    print('%s cut the encoder off %.2f s after the answer' % (action, time.monotonic() - answered))
     assert channel['id'] not in live_ids(e2e)
-    if action == 'delete':
+    if action.startswith('delete'):
         assert e2e.api.get(path)[0] == 404
         return
     assert channel_of(e2e, channel)['status'] == ('disabled' if action == 'disable' else 'idle')
     ended = sessions_of(e2e, channel)['items']
     assert [session['endReason'] for session in ended] == [end_reason]
+    assert 'kicked the publisher of channel %s' % channel['id'] in e2e.api_log.read_text()
 
 
 def test_a_user_at_max_live_channels_cannot_start_another_stream(e2e):
