@@ -251,6 +251,7 @@ class Stack:
         """ffmpeg publishing a 640x360 H.264/AAC test stream to `stream_url`/`stream_id`
         for `seconds`, as OBS does; returns the running process."""
         log_path = self.workdir / ('ffmpeg-%d.log' % len(self.encoders))
+        progress_path = log_path.with_suffix('.progress')
         with open(log_path, 'wb') as log:
             # -g 50: a keyframe every 2 s, as OBS is told to send. HLS cuts fragments
             # only on keyframes; with x264's default (every 10 s) the first playlist
@@ -259,9 +260,10 @@ class Stack:
                 ['ffmpeg', '-hide_banner', '-nostdin', '-loglevel', 'error', '-re',
                  '-f', 'lavfi', '-i', 'testsrc=size=640x360:rate=25', '-f', 'lavfi', '-i', 'sine',
                  '-t', str(seconds), '-c:v', 'libx264', '-preset', 'ultrafast', '-g', '50',
-                 '-c:a', 'aac', '-f', 'flv', '%s/%s' % (stream_url, stream_id)],
+                 '-c:a', 'aac', '-progress', str(progress_path),
+                 '-f', 'flv', '%s/%s' % (stream_url, stream_id)],
                 stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=log)
-        encoder.log_path = log_path
+        encoder.log_path, encoder.progress_path = log_path, progress_path
         self.encoders.append(encoder)
         return encoder
 
@@ -271,6 +273,13 @@ class Stack:
                 encoder.kill()
             encoder.wait(10)
         self.encoders = []
+
+
+def bytes_sent(encoder):
+    """What the encoder reports it sent (ffmpeg -progress total_size), in bytes."""
+    sizes = [line.split('=', 1)[1] for line in encoder.progress_path.read_text().splitlines()
+             if line.startswith('total_size=')]
+    return int(sizes[-1])
 
 
 def wait_exit(encoder, timeout):

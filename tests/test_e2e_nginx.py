@@ -11,8 +11,8 @@ import urllib.request
 
 import pytest
 
-from e2e_support import (MAX_STREAM_SECONDS, UPDATE_INTERVAL, Stack, missing_requirements, tail,
-                         wait_exit, wait_for)
+from e2e_support import (MAX_STREAM_SECONDS, UPDATE_INTERVAL, Stack, bytes_sent,
+                         missing_requirements, tail, wait_exit, wait_for)
 
 pytestmark = pytest.mark.e2e
 
@@ -135,8 +135,8 @@ def test_stats_show_the_stream_as_nginx_measures_it(e2e):
     encoder = publish(e2e, channel)
     wait_live(e2e, channel, encoder)
 
-    # bitrate needs two update calls: nginx's own bw_in stays 0 for ~10 s, so the
-    # API derives it from the bytes_in between updates.
+    # nginx's own bw_in stays 0 for ~10 s: until then the API derives the bitrate
+    # from bytes_in (since the session began, at the first update).
     def measured():
         stats = e2e.api.ok('GET', '/v1/channels/%s/stats' % channel['id'])
         current = stats['current']
@@ -265,6 +265,25 @@ def test_a_finished_stream_leaves_a_session(e2e):
     stats = e2e.api.ok('GET', '/v1/channels/%s/stats' % channel['id'])
     assert stats['current'] is None
     assert stats['totals']['sessions'] == 1 and stats['totals']['bytesIn'] == session['bytesIn']
+
+
+def test_a_broadcast_counts_its_bytes_to_the_end(e2e_slow_updates):
+    """14 s on air, updates 10 s apart: the 4 s after the last update count too. nginx
+    no longer lists a stream in /stat at its publish_done, so they are extrapolated
+    at the last measured rate (before, the session kept its 10 s count)."""
+    e2e = e2e_slow_updates
+    channel = new_channel(e2e)
+    encoder = publish(e2e, channel, seconds=14)
+    wait_live(e2e, channel, encoder)
+    assert wait_exit(encoder, 40) == 0, tail(encoder.log_path)
+    wait_for(lambda: channel_of(e2e, channel)['status'] == 'idle', 10, 'the channel to be idle')
+    session = sessions_of(e2e, channel)['items'][0]
+    sent = bytes_sent(encoder)
+    print('session bytesIn %d, ffmpeg sent %d (%.1f%%)' % (session['bytesIn'], sent,
+                                                        100.0 * session['bytesIn'] / sent))
+    assert session['endReason'] == 'publisher_left'
+    assert session['bytesIn'] == pytest.approx(sent, rel=0.1)
+    assert session['peakBitrateKbps'] >= session['avgBitrateKbps'] > 0
 
 
 def test_no_channel_stays_live_after_nginx_is_killed(e2e):
