@@ -1954,6 +1954,13 @@ def ingest_publish(svc, name, key, connection, addr):
     return {'allowed': True}
 
 
+def _figures(svc, name, live, now, max_age=None):
+    """The stream's metrics from the ingest's /stat with its measured bitrate, or None
+    where /stat does not list it."""
+    metrics = svc.ingest.snapshot(max_age)['streams'].get(name)
+    return metrics and dict(metrics, bitrateKbps=measured_bitrate(metrics, live, now))
+
+
 def ingest_update(svc, name, key, connection, addr):
     """The ingest's periodic word on a live stream: refresh its figures, or deny
     (which drops the encoder) once the stream may no longer be on air."""
@@ -1970,9 +1977,7 @@ def ingest_update(svc, name, key, connection, addr):
         live = svc.store.ingest_channel(name)
         if decide_update(live, connection)[0] != 'keep':
             raise HookDenied('session was ended as it resumed')  # deleted, disabled, re-keyed
-    metrics = svc.ingest.snapshot()['streams'].get(name)
-    if metrics:
-        metrics = dict(metrics, bitrateKbps=measured_bitrate(metrics, live, now))
+    metrics = _figures(svc, name, live, now)
     if metrics or heartbeat_due(svc, live, now):
         svc.store.record_sample(live['live_session_id'], now, metrics)
     over = decide_limits(live, now, metrics and metrics['bitrateKbps'])
@@ -1991,10 +1996,9 @@ def ingest_publish_done(svc, name, connection):
         now = svc.clock()
         # A snapshot taken now, if /stat still lists the stream (nginx usually has
         # dropped it by then): else end_session extrapolates from the last sample.
-        metrics = svc.ingest.snapshot(max_age=0)['streams'].get(name)
+        metrics = _figures(svc, name, live, now, max_age=0)
         if metrics:
-            svc.store.record_sample(live['live_session_id'], now,
-                                    dict(metrics, bitrateKbps=measured_bitrate(metrics, live, now)))
+            svc.store.record_sample(live['live_session_id'], now, metrics)
         svc.store.end_session(live['live_session_id'], 'publisher_left', now)
         log.info('channel %s is idle (session %s ended: publisher_left)', name,
                  live['session_id'])

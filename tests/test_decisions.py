@@ -4,7 +4,8 @@ is a plain function over one read, so every case is a row here."""
 
 import pytest
 
-from livestream_api import decide_limits, decide_publish, decide_resume, decide_update
+from livestream_api import (decide_limits, decide_publish, decide_resume, decide_update,
+                            measured_bitrate)
 
 NOW = 1_800_000_000.0
 CUTOFF = NOW - 30  # stale_after: 3 update intervals of 10 s
@@ -72,13 +73,14 @@ def ingest_row(**changes):
     """ingest_channel's read of a channel live from connection 'A'."""
     row = {'id': 1, 'live_session_id': 7, 'session_id': 'sessionpublicid1',
            'ingest_client': 'A', 'started_at': NOW - 60, 'last_seen_at': NOW - 10,
-           'bytes_in': 10 ** 6, 'max_bitrate_kbps': 2500, 'max_session_seconds': 3600}
+           'bytes_in': 10 ** 6, 'sampled_at': NOW - 10, 'max_bitrate_kbps': 2500,
+           'max_session_seconds': 3600}
     row.update(changes)
     return row
 
 
 IDLE = {'live_session_id': None, 'session_id': None, 'ingest_client': None,
-        'started_at': None, 'last_seen_at': None, 'bytes_in': None}
+        'started_at': None, 'last_seen_at': None, 'bytes_in': None, 'sampled_at': None}
 
 #: (case, ingest_channel's read, connection) -> (action, why)
 UPDATE = [
@@ -137,3 +139,28 @@ LIMITS = [
                          ids=[case[0] for case in LIMITS])
 def test_decide_limits(row, seconds, bitrate, expected):
     assert decide_limits(row, row['started_at'] + seconds, bitrate) == expected
+
+
+def stream(bw_in_kbps, bytes_in):
+    return {'bitrateKbps': bw_in_kbps, 'bytesIn': bytes_in}
+
+
+#: (case, /stat's figures, ingest_channel's read, seconds since it started) -> kbit/s
+BITRATE = [
+    ("nginx's bw_in, once it has one", stream(2500.0, 10 ** 6), ingest_row(), 60, 2500.0),
+    ('first update, bw_in still 0: the bytes since the session began',
+     stream(0.0, 400000), ingest_row(sampled_at=None, bytes_in=0), 10, 320.0),
+    ('a later update, bw_in still 0: the growth since the last sample',
+     stream(0.0, 10 ** 6 + 250000), ingest_row(sampled_at=NOW - 10, bytes_in=10 ** 6), 60,
+     200.0),
+    ('no time since the last sample: what nginx says', stream(0.0, 10 ** 6),
+     ingest_row(sampled_at=NOW - 10), 50, 0.0),
+    ('bytes_in went back (nginx restarted): never negative', stream(0.0, 1000),
+     ingest_row(sampled_at=NOW - 20, bytes_in=10 ** 6), 60, 0.0),
+]
+
+
+@pytest.mark.parametrize('metrics, row, seconds, expected', [case[1:] for case in BITRATE],
+                         ids=[case[0] for case in BITRATE])
+def test_measured_bitrate(metrics, row, seconds, expected):
+    assert measured_bitrate(metrics, row, row['started_at'] + seconds) == expected
