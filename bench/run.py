@@ -218,6 +218,7 @@ def server_env(threads):
     env.update({
         'LIVE_TOKEN_ID': ADMIN[0], 'LIVE_TOKEN_SECRET': ADMIN[1],
         'LIVESTREAM_INGEST_STAT_URL': '',  # no stat fetch: nothing to fetch it from here
+        'LIVESTREAM_INGEST_CONTROL_URL': '',  # and no nginx to kick publishers at
         'LIVESTREAM_INGEST_HOOK_SECRET': HOOK_SECRET,
         'LIVESTREAM_SERVER_THREADS': str(threads),
         # A session is stale after 3 update intervals without a hook call; the live

@@ -105,6 +105,7 @@ def server_env(**extra):
            if not name.startswith(('LIVESTREAM_', 'LIVE_TOKEN_'))}
     env.update({'PYTHONPATH': str(REPO), 'LIVE_TOKEN_ID': ADMIN[0],
                 'LIVE_TOKEN_SECRET': ADMIN[1], 'LIVESTREAM_INGEST_STAT_URL': '',
+                'LIVESTREAM_INGEST_CONTROL_URL': '',
                 'LIVESTREAM_INGEST_HOOK_SECRET': HOOK_SECRET})
     env.update(extra)
     return env
