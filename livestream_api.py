@@ -614,6 +614,12 @@ class Store:
         with self.transaction() as db:
             self._end_session(db, session_id, reason, ended_at)
 
+    def left_after_stale(self, session_id):
+        """Record that the publisher of a session ended as stale has since left."""
+        with self.transaction(channels=False) as db:
+            db.execute("UPDATE sessions SET end_reason = 'publisher_left' WHERE id = ? "
+                       "AND end_reason = 'stale'", (session_id,))
+
     def _end_session(self, db, session_id, reason, ended_at):
         db.execute('UPDATE sessions SET %s WHERE id = ? AND ended_at IS NULL' % self._ENDING,
                    (ended_at, reason, ended_at, ended_at, session_id))
@@ -1903,6 +1909,13 @@ def decide_resume(last):
     return None
 
 
+def decide_left(last):
+    """Whether publish_done, finding no open session of its connection, must record
+    that the one the API ended as stale (its latest) was in fact left: nginx says
+    the stream is over, so no late update_publish may resume it."""
+    return last is not None and last['end_reason'] in RESUMABLE_ENDS
+
+
 def measured_bitrate(metrics, live, now):
     """A stream's bitrate in kbit/s: nginx's bw_in; while that is still 0 (its first
     ~10 s), the growth of bytes_in since the session's last sample, or since it began."""
@@ -1990,9 +2003,10 @@ def ingest_update(svc, name, key, connection, addr):
 
 
 def ingest_publish_done(svc, name, connection):
+    """The publisher left: end its connection's open session, with its last figures."""
     live = svc.store.ingest_channel(name)
-    ended = decide_update(live, connection)[0] == 'keep'  # its own open session, if any
-    if ended:
+    action = decide_update(live, connection)[0]
+    if action == 'keep':
         now = svc.clock()
         # A snapshot taken now, if /stat still lists the stream (nginx usually has
         # dropped it by then): else end_session extrapolates from the last sample.
@@ -2002,7 +2016,11 @@ def ingest_publish_done(svc, name, connection):
         svc.store.end_session(live['live_session_id'], 'publisher_left', now)
         log.info('channel %s is idle (session %s ended: publisher_left)', name,
                  live['session_id'])
-    return {'ended': ended}
+    elif action == 'orphan':
+        last = svc.store.last_session_of(live['id'], connection)
+        if decide_left(last):
+            svc.store.left_after_stale(last['id'])
+    return {'ended': action == 'keep'}
 
 
 def ingest_play(svc, name, delta):

@@ -4,8 +4,8 @@ is a plain function over one read, so every case is a row here."""
 
 import pytest
 
-from livestream_api import (decide_limits, decide_publish, decide_resume, decide_update,
-                            measured_bitrate)
+from livestream_api import (decide_left, decide_limits, decide_publish, decide_resume,
+                            decide_update, measured_bitrate)
 
 NOW = 1_800_000_000.0
 CUTOFF = NOW - 30  # stale_after: 3 update intervals of 10 s
@@ -117,6 +117,22 @@ RESUME = [
                          ids=[case[0] for case in RESUME])
 def test_decide_resume(last, expected):
     assert decide_resume(last) == expected
+
+
+#: (case, the connection's latest session, at a publish_done finding none open) ->
+#: whether it is recorded as left, so that no late update_publish resumes it
+LEFT = [
+    ('none', None, False),
+    ('ended as stale by the API', {'end_reason': 'stale'}, True),
+    ('already left', {'end_reason': 'publisher_left'}, False),
+    ('cut by the API', {'end_reason': 'channel_disabled'}, False),
+]
+
+
+@pytest.mark.parametrize('last, expected', [case[1:] for case in LEFT],
+                         ids=[case[0] for case in LEFT])
+def test_decide_left(last, expected):
+    assert decide_left(last) is expected
 
 
 #: (case, ingest_channel's read, seconds since it started, bitrate) -> end reason

@@ -343,6 +343,23 @@ def test_a_late_update_publish_after_publish_done_does_not_resurrect(admin, hook
     assert get(admin, channel)['status'] == 'live'
 
 
+def test_a_late_update_publish_after_publish_done_of_a_stale_session_is_refused(
+        admin, hook, clock, interval):
+    """The API ended the session as stale, then nginx said publish_done: nginx itself
+    said the stream is over, so a late update_publish may not resume it either."""
+    channel = make_channel(admin)
+    assert publish(hook, channel, clientid='1').status_int == 200
+    clock.advance(3 * interval + 1)
+    ended = sessions(admin, channel)['items'][0]  # the read ends it as stale
+    assert ended['endReason'] == 'stale'
+    answer = publish_done(hook, channel, clientid='1')
+    assert answer.status_int == 200
+    assert answer.json['data'] == {'ended': False}
+    assert sessions(admin, channel)['items'] == [dict(ended, endReason='publisher_left')]
+    assert_refused(update(hook, channel, clientid='1'))
+    assert get(admin, channel)['status'] == 'idle'
+
+
 # publish_done and staleness ###################################################
 
 def test_publish_done_ends_the_session(admin, hook, clock):
