@@ -2636,6 +2636,8 @@ def serve(config, environ, drain_seconds=10):
     are bound first, so a port in use stops start-up before anything is made."""
     server = dict(config['server'])
     writer = log_to_stderr(server['log_format'])
+    # Under load waitress warns of its task queue depth on every request.
+    logging.getLogger('waitress.queue').setLevel(logging.ERROR)
     hooks = hook_address(server)
     sockets = [bind(server['host'], server['port'], 'API')]
     try:
@@ -2645,8 +2647,13 @@ def serve(config, environ, drain_seconds=10):
         sockets[0].close()
         raise
     server['connection_limit'] = _fit_open_files(server, server['connection_limit'])
-    app = create_app(config)
-    bootstrap_admin(app, environ)
+    try:
+        app = create_app(config)
+        bootstrap_admin(app, environ)
+    except BaseException:
+        for sock in sockets:
+            sock.close()
+        raise
     trusted = server['trusted_proxies']
     listeners = [_listener(AccessLog(app, writer, trusted), sockets[0], server)]
     if hooks:
@@ -2663,13 +2670,14 @@ def serve(config, environ, drain_seconds=10):
     for listener, what in zip(listeners, ('the API', 'the ingest hooks')):
         log.info('livestream-api %s serving %s on http://%s', __version__, what,
                  _host_port(listener.effective_host, listener.effective_port))
-    hook_loop = threading.Thread(target=_run, args=(listeners[-1], stopping, drain_seconds),
-                                 name='hook-listener', daemon=True)
-    if hooks:
-        hook_loop.start()
+    hook_loops = [threading.Thread(target=_run, args=(listener, stopping, drain_seconds),
+                                   name='hook-listener', daemon=True)
+                  for listener in listeners[1:]]
+    for loop in hook_loops:
+        loop.start()
     _run(listeners[0], stopping, drain_seconds)
-    if hooks:
-        hook_loop.join()
+    for loop in hook_loops:
+        loop.join()
     app.livestream.store.close()
     log.info('stopped')
     writer.close()
