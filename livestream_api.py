@@ -2523,6 +2523,12 @@ class _Connection(waitress.channel.HTTPChannel):
         super().service()
         self.served_at = time.time()
 
+    def send_continue(self):
+        # waitress would say "100 Continue" to a body it is about to refuse (413),
+        # and the client would send it all before reading the refusal.
+        if self.request.error is None:
+            super().send_continue()
+
     def quiet_since(self):
         return max(self.creation_time, self.served_at)
 

@@ -151,6 +151,10 @@ def test_what_waitress_refuses_is_answered_with_an_envelope(tmp_path, spawn):
         (post + b'Content-Length: %d\r\n\r\n{"name": "' % (10 * 2 ** 20)
          + b'a' * 2 ** 16, 413, 8),
     ]
+    # With Expect: 100-continue, the refusal comes instead of the go-ahead, so
+    # the client never sends the body.
+    cases.append((post + b'Content-Length: %d\r\nExpect: 100-continue\r\n\r\n'
+                  % (10 * 2 ** 20), 413, 8))
     before = sqlite_one(db, 'SELECT count(*) FROM channels')
     for request, status, ec in cases:
         seconds, (answered, headers, body) = timed(raw_request, server.port, request)
@@ -169,6 +173,9 @@ def test_what_waitress_refuses_is_answered_with_an_envelope(tmp_path, spawn):
         % HOOK_SECRET.encode() + b'call=publish&pad=' + b'a' * 8983)
     assert (status, headers['content-type']) == (413, 'application/json')
     assert sqlite_one(db, 'SELECT count(*) FROM channels') == before
+    with socket.create_connection(('127.0.0.1', server.port), timeout=10) as sock:
+        sock.sendall(post + b'Content-Length: 2\r\nExpect: 100-continue\r\n\r\n')
+        assert sock.recv(100).startswith(b'HTTP/1.1 100 Continue')   # a body within the limit
     assert Api(server.port).request('GET', '/v1/health', auth=None)[0] == 200
 
 
