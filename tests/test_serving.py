@@ -151,6 +151,9 @@ def test_what_waitress_refuses_is_answered_with_an_envelope(tmp_path, spawn):
         (post + b'Content-Length: %d\r\n\r\n{"name": "' % (10 * 2 ** 20)
          + b'a' * 2 ** 16, 413, 8),
     ]
+    # A chunked body is refused once its chunks pass the limit.
+    cases.append((post + b'Transfer-Encoding: chunked\r\n\r\n200000\r\n'
+                  + b'a' * (2 ** 20 + 2 ** 16), 413, 8))
     # With Expect: 100-continue, the refusal comes instead of the go-ahead, so
     # the client never sends the body.
     cases.append((post + b'Content-Length: %d\r\nExpect: 100-continue\r\n\r\n'
