@@ -360,3 +360,20 @@ def test_client_addr_takes_the_rightmost_untrusted_address(forwarded, expected):
     assert livestream_api.client_addr(environ, trusted) == expected
     assert livestream_api.client_addr({'REMOTE_ADDR': '8.8.8.8', 'HTTP_X_FORWARDED_FOR':
                                        '1.2.3.4'}, trusted) == '8.8.8.8'
+
+
+@pytest.mark.parametrize('soft, hard, raised_to, limit', [
+    (1024, 1 << 20, 2000 + 368, 2000),   # raised as far as needed (368: hooks, files)
+    (1024, 1500, 1500, 1500 - 368),      # only to the hard limit: fewer connections
+    (1 << 20, 1 << 20, None, 2000),      # already enough: left alone
+])
+def test_the_open_files_limit_is_raised_to_fit_the_connections(monkeypatch, caplog, soft, hard,
+                                                               raised_to, limit):
+    raised = []
+    monkeypatch.setattr(livestream_api.resource, 'getrlimit', lambda _: (soft, hard))
+    monkeypatch.setattr(livestream_api.resource, 'setrlimit',
+                        lambda _, limits: raised.append(limits))
+    server = livestream_api.load_config(environ={})['server']
+    assert livestream_api._fit_open_files(server, 2000) == limit
+    assert raised == ([(raised_to, hard)] if raised_to else [])
+    assert ('connection_limit lowered to %d' % limit in caplog.text) == (limit < 2000)
