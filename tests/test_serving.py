@@ -21,7 +21,7 @@ import webtest
 import livestream_api
 from conftest import ADMIN, basic
 from test_config import run_main  # noqa: F401 (a fixture)
-from test_reliability import HOOK_SECRET, Api, free_port, spawn, sqlite_one  # noqa: F401
+from test_reliability import HOOK_SECRET, Api, spawn, sqlite_one  # noqa: F401 (spawn)
 
 
 def raw_request(port, data, timeout=10):
