@@ -10,6 +10,7 @@ import io
 import json
 import logging
 import re
+import signal
 import socket
 import statistics
 import time
@@ -250,12 +251,14 @@ def logged(app, requests, log_format='text', trusted_proxies=()):
     behind the access log."""
     stream = io.StringIO()
     writer = livestream_api.LogWriter(stream, livestream_api.LogFormat(log_format == 'json'))
-    root = logging.getLogger()
+    root, level = logging.getLogger(), logging.getLogger().level
     root.addHandler(writer)
+    root.setLevel(logging.INFO)   # as serve sets it
     try:
         requests(webtest.TestApp(livestream_api.AccessLog(app, writer, trusted_proxies)))
     finally:
         root.removeHandler(writer)
+        root.setLevel(level)
         writer.close()
     return stream.getvalue().splitlines()
 
@@ -308,6 +311,20 @@ def test_routine_hook_calls_log_at_debug_and_a_hold_is_logged_once(app, admin):
     assert not any('nginx-rtmp 200' in line for line in lines), lines
     assert sum(' is live ' in line for line in lines) == 1
     assert sum('put on hold' in line for line in lines) == 1
+
+
+@pytest.mark.slow
+def test_with_log_format_json_every_line_the_server_writes_is_one_object(tmp_path, spawn):
+    server = spawn(tmp_path / 'x.db', 'json-logs', LIVESTREAM_SERVER_LOG_FORMAT='json')
+    assert Api(server.port).request('GET', '/v1/channels/nosuchchannel')[0] == 404
+    assert raw_request(server.port, b'NOT A REQUEST LINE\r\n\r\n')[0] == 400
+    server.signal(signal.SIGTERM)
+    assert server.wait(timeout=15) == 0
+    records = [json.loads(line) for line in server.stderr().splitlines()]
+    messages = [record['msg'] for record in records]
+    assert any(message.startswith('GET /v1/channels/nosuchchannel 404 ') for message in messages)
+    assert any(message.startswith('- - 400 ') for message in messages)
+    assert messages[-1] == 'stopped' and all(record['time'].endswith('Z') for record in records)
 
 
 # Behind a proxy (issue 16 #13) #################################################
