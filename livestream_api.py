@@ -16,14 +16,18 @@ import collections
 import contextlib
 import functools
 import hashlib
+import heapq
 import hmac
+import ipaddress
 import json
 import logging
 import os
 import queue
 import re
+import resource
 import secrets
 import signal
+import socket
 import sqlite3
 import sys
 import threading
@@ -36,6 +40,10 @@ from configparser import ConfigParser, Error as ConfigParserError
 from pathlib import Path
 
 import bottle
+import waitress.adjustments
+import waitress.channel
+import waitress.server
+import waitress.task
 
 __version__ = '0.1.0'
 
@@ -75,6 +83,31 @@ def _port(text):
     return value
 
 
+def _listen_address(text):
+    """'host:port' (IPv6 in brackets) as (host, port); empty: None, no listener;
+    'auto': decided by hook_address()."""
+    text = text.strip()
+    if text in ('', 'auto'):
+        return text or None
+    host, colon, port = text.rpartition(':')
+    host = host[1:-1] if host.startswith('[') and host.endswith(']') else host
+    if not colon or not host:
+        raise ValueError('must be host:port, such as 127.0.0.1:8081, or empty')
+    return host, _port(port)
+
+
+def _networks(text):
+    """Comma-separated addresses or CIDRs, as a tuple of ip_network."""
+    return tuple(ipaddress.ip_network(item.strip(), strict=False)
+                 for item in text.split(',') if item.strip())
+
+
+def _log_format(text):
+    if text.strip() not in ('text', 'json'):
+        raise ValueError('must be text or json')
+    return text.strip()
+
+
 def _url(text):
     text = text.strip()
     if text and not re.match(r'^[a-z][a-z0-9+.-]*://[^\s/]+', text):
@@ -92,6 +125,11 @@ CONFIG_KEYS = {
         'port': (_port, '8080'),
         'threads': (_positive_int, '8'),
         'max_body_bytes': (_positive_int, str(1024 * 1024)),
+        'hook_listen': (_listen_address, 'auto'),
+        'connection_limit': (_positive_int, '2000'),
+        'channel_timeout': (_positive_int, '30'),
+        'trusted_proxies': (_networks, ''),
+        'log_format': (_log_format, 'text'),
     },
     'database': {
         'path': (str, 'livestream.db'),
@@ -867,8 +905,12 @@ def error_body(error):
     else:
         ec = EC_BY_STATUS.get(error.status_code, EC_BAD_REQUEST)
         msg, data = str(error.body or error.status_line), None
-    body = {'ec': ec, 'msg': msg, 'data': data}
-    return json.dumps(body, separators=(',', ':'))
+    return error_json(ec, msg, data)
+
+
+def error_json(ec, msg, data=None):
+    """An error envelope's JSON text."""
+    return json.dumps({'ec': ec, 'msg': msg, 'data': data}, separators=(',', ':'))
 
 
 ###############################################################################
@@ -925,6 +967,23 @@ _NO_SUCH_SECRET = hash_secret(secrets.token_hex(32))
 PUBLIC_PATHS = re.compile(r'^/v1/(health|openapi\.json|hooks/.*)$')
 
 
+def client_addr(environ, trusted_proxies):
+    """The caller's address: the peer's, or, when the peer is one of
+    `trusted_proxies`, the rightmost X-Forwarded-For address that is not."""
+    addr = environ.get('REMOTE_ADDR') or '-'
+    if not trusted_proxies or 'HTTP_X_FORWARDED_FOR' not in environ:
+        return addr
+    for hop in [addr] + environ['HTTP_X_FORWARDED_FOR'].split(',')[::-1]:
+        try:
+            ip = ipaddress.ip_address(hop.strip())
+        except ValueError:
+            return addr   # a malformed hop: the last proxy that passed it on
+        addr = hop.strip()
+        if not any(ip in network for network in trusted_proxies):
+            return addr
+    return addr
+
+
 def authenticate(app):
     """The before-request hook: who is calling. It runs before routing, so an
     unauthenticated caller learns nothing, not even which methods a path allows."""
@@ -933,7 +992,7 @@ def authenticate(app):
         return
     store, throttle = app.livestream.store, app.livestream.throttle
     header = request.environ.get('HTTP_AUTHORIZATION')
-    addr = request.environ.get('REMOTE_ADDR') or '-'
+    addr = client_addr(request.environ, app.livestream.config['server']['trusted_proxies'])
     now = time.monotonic()
     if header is not None:
         wait = throttle.held_for(addr, now)
@@ -955,6 +1014,9 @@ def authenticate(app):
     if not (client and secret_ok):
         if header is not None:
             throttle.failed(addr, now)
+            if throttle.held_for(addr, now):   # this failure started the hold: say so once
+                log.warning('address %s put on hold for %d s after %d failed logins', addr,
+                            throttle.seconds, throttle.failures)
         raise ApiError(401, EC_UNAUTHORIZED,
                        'authentication failed: send HTTP Basic credentials '
                        '(token id and secret)' if header else 'authentication required: send '
@@ -2467,20 +2529,127 @@ def bootstrap_admin(app, environ, out=sys.stderr):
 # Serving ######################################################################
 ###############################################################################
 
-class AccessLog:
-    """WSGI middleware writing the access log to `stream`, a line per request:
-    address, method, path, status, milliseconds, token id. Never the query
-    string, which may carry the hook secret. Lines go through a queue to one
-    writer thread, so no request waits on the stream or on another request."""
+#: What a text log line escapes: control characters, Unicode line breaks, and the
+#: backslash that starts an escape (so an escape in the input cannot pass for ours).
+_UNSAFE = re.compile('[\x00-\x1f\x7f-\x9f\u2028\u2029\\\\]')
+#: The same and the space, for a field value that must stay one word.
+_UNSAFE_OR_SPACE = re.compile('[\x00-\x20\x7f-\x9f\u2028\u2029\\\\]')
 
-    def __init__(self, app, stream=None):
-        self.app, self.stream = app, stream or sys.stderr
+
+def _escaped(text, pattern=_UNSAFE):
+    return pattern.sub(lambda match: '\\x20' if match.group() == ' '
+                       else repr(match.group())[1:-1], text)
+
+
+#: The request being served on this thread, for the fields of its log lines.
+_current = threading.local()
+
+
+class LogFormat(logging.Formatter):
+    """Every log line, ours and the access log's: one line per event, UTC time,
+    level, logger, message, then key=value fields; or all that as one JSON object.
+    Control characters are escaped, so no input can forge or break a line."""
+
+    def __init__(self, json_lines=False):
+        super().__init__()
+        self.json_lines = json_lines
+
+    def format(self, record):
+        message = record.getMessage()
+        if record.exc_info:
+            message += '\n' + self.formatException(record.exc_info)
+        environ = getattr(_current, 'environ', None)
+        fields = {}
+        if environ is not None:   # logged while serving a request: say whose
+            fields = {'addr': environ.get('livestream.addr', '-'),
+                      'client': environ.get('livestream.token_id', '-')}
+        return self.line(record.created, record.levelname, record.name, message, fields)
+
+    def line(self, when, level, name, message, fields):
+        stamp = '%s.%03dZ' % (time.strftime('%Y-%m-%dT%H:%M:%S', time.gmtime(when)),
+                              when % 1 * 1000)
+        if self.json_lines:
+            return json.dumps({'time': stamp, 'level': level, 'logger': name, 'msg': message,
+                               **fields})
+        return '%s %s %s: %s%s' % (stamp, level, name, _escaped(message), ''.join(
+            ' %s=%s' % (key, _escaped(str(value), _UNSAFE_OR_SPACE))
+            for key, value in fields.items()))
+
+
+class LogWriter(logging.Handler):
+    """The one writer of every log line: formatted on the thread that logs it,
+    written to `stream` by a thread of its own, so no request waits on the
+    stream or on another request (the handler takes no lock)."""
+
+    def __init__(self, stream, log_format):
+        super().__init__()
+        self.stream = stream
+        self.setFormatter(log_format)
         self._lines = queue.SimpleQueue()
-        self._writer = threading.Thread(target=self._write, name='access-log', daemon=True)
+        self._writer = threading.Thread(target=self._write, name='log-writer', daemon=True)
         self._writer.start()
+
+    def createLock(self):
+        self.lock = None
+
+    def emit(self, record):
+        try:
+            self.put(self.format(record))
+        except Exception:
+            self.handleError(record)
+
+    def put(self, line):
+        if self._writer.is_alive():
+            self._lines.put(line + '\n')
+        else:  # closed: whatever is logged at exit is written at once
+            self.stream.write(line + '\n')
+            self.stream.flush()
+
+    def _write(self):
+        while True:
+            lines = [self._lines.get()]
+            while not self._lines.empty():
+                lines.append(self._lines.get())
+            with contextlib.suppress(OSError, ValueError):   # stderr closed: nowhere to say so
+                self.stream.write(''.join(line for line in lines if line))
+                self.stream.flush()
+            if None in lines:
+                return
+
+    def close(self):
+        """Write what is queued, then stop the writer."""
+        if self._writer.is_alive():
+            self._lines.put(None)
+            self._writer.join(timeout=5)
+        super().close()
+
+
+def log_to_stderr(log_format='text'):
+    """Send every log line through one LogWriter to stderr; returns it."""
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        root.removeHandler(handler)
+        handler.close()
+    writer = LogWriter(sys.stderr, LogFormat(json_lines=log_format == 'json'))
+    root.addHandler(writer)
+    root.setLevel(logging.INFO)
+    return writer
+
+
+class AccessLog:
+    """WSGI middleware writing the access log: a line per request with method,
+    path, status, milliseconds, address and token id. Never the query string,
+    which may carry the hook secret. An ingest hook call that succeeds is logged
+    at debug: its events (live, idle) have lines of their own."""
+
+    def __init__(self, app, writer, trusted_proxies=()):
+        self.app, self.writer, self.trusted_proxies = app, writer, trusted_proxies
+        self.logger = logging.getLogger('access')
 
     def __call__(self, environ, start_response):
         started = time.perf_counter()
+        environ['livestream.addr'] = client_addr(environ, self.trusted_proxies)
+        _current.environ = environ
         status = '-'
 
         def start(status_line, headers, exc_info=None):
@@ -2491,87 +2660,285 @@ class AccessLog:
         try:
             return self.app(environ, start)
         finally:
-            self._lines.put('%s access %s %s %s %s %.1fms %s\n' % (
-                iso(time.time()), environ.get('REMOTE_ADDR', '-'), environ['REQUEST_METHOD'],
-                environ.get('PATH_INFO', ''), status, (time.perf_counter() - started) * 1000,
-                environ.get('livestream.token_id', '-')))
+            _current.environ = None
+            path = environ.get('PATH_INFO', '')
+            self.write(logging.DEBUG if status[0] == '2' and path.startswith('/v1/hooks/')
+                       else logging.INFO, environ['REQUEST_METHOD'], path, status,
+                       (time.perf_counter() - started) * 1000, environ['livestream.addr'],
+                       environ.get('livestream.token_id', '-'))
 
-    def _write(self):
-        while True:
-            lines = [self._lines.get()]
-            while not self._lines.empty():
-                lines.append(self._lines.get())
-            self.stream.write(''.join(line for line in lines if line))
-            self.stream.flush()
-            if None in lines:
-                return
-
-    def close(self):
-        """Write what is queued, then stop the writer."""
-        self._lines.put(None)
-        self._writer.join(timeout=5)
+    def write(self, level, method, path, status, milliseconds, addr, token_id='-'):
+        if self.logger.isEnabledFor(level):
+            self.writer.put(self.writer.formatter.line(
+                time.time(), logging.getLevelName(level), 'access', '%s %s %s %.1fms' % (
+                    method, path.replace(' ', '%20'), status, milliseconds),
+                {'addr': addr, 'client': token_id}))
 
 
-def waitress_body_limit(max_body_bytes):
-    """waitress's own body limit: far enough above ours that an oversized body
-    still reaches the app and gets a JSON 413 rather than waitress's plain text."""
-    return max(16 * max_body_bytes, 64 * 1024 * 1024)
+#: The hook listener's own limits: nginx-rtmp makes a connection per notify call,
+#: and its form bodies and headers are a few hundred bytes.
+HOOK_LISTENER = {'threads': 4, 'connection_limit': 256, 'max_request_body_size': 8192,
+                 'max_request_header_size': 8192}
 
 
-def serve(config, environ, drain_seconds=10):
-    """Serve until SIGTERM or SIGINT; then stop accepting, let requests in flight
-    finish (up to drain_seconds), checkpoint the database and return."""
-    import waitress.channel
-    import waitress.server
-    app = create_app(config)
-    bootstrap_admin(app, environ)
-    app.livestream.start()
-    server_config = config['server']
-    access_log = AccessLog(app)
-    # Our own socket map: create_server returns a single TcpWSGIServer (which has
-    # no .map) for one listen address, a MultiSocketServer for several.
-    socket_map = {}
-    server = waitress.server.create_server(
-        access_log, map=socket_map, host=server_config['host'], port=server_config['port'],
-        threads=server_config['threads'], ident='livestream-api',
-        max_request_body_size=waitress_body_limit(server_config['max_body_bytes']))
-    # Under load waitress warns of its task queue depth on every request.
-    logging.getLogger('waitress.queue').setLevel(logging.ERROR)
-    stopping = threading.Event()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda *_: stopping.set())
-    server.print_listen('livestream-api %s serving on http://{}:{}' % __version__)
-    sys.stdout.flush()
-    listeners = [item for item in socket_map.values()
-                 if isinstance(item, waitress.server.BaseWSGIServer)]
-    deadline = None
+class CannotListen(Exception):
+    """A listening address that cannot be bound (in use, or not this host's)."""
+
+
+def hook_address(server):
+    """(host, port) of the hook listener, or None: [server] hook_listen, whose
+    default is 127.0.0.1 on the port after the API's."""
+    if server['hook_listen'] != 'auto':
+        return server['hook_listen']
+    if server['port'] == 65535:
+        raise ConfigError('[server] hook_listen: the API port is 65535, so there is no next '
+                          'port for the hooks; set hook_listen (or leave it empty)')
+    return '127.0.0.1', server['port'] + 1 if server['port'] else 0
+
+
+def _host_port(host, port):
+    return '[%s]:%s' % (host, port) if ':' in host else '%s:%s' % (host, port)
+
+
+def bind(host, port, what):
+    """A socket bound to host:port, not yet listening; CannotListen names the
+    address and why."""
+    try:
+        family, kind, proto, _, sockaddr = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
+        sock = socket.socket(family, kind, proto)
+    except OSError as error:
+        raise CannotListen('cannot listen on %s for the %s: %s'
+                           % (_host_port(host, port), what, error.strerror or error))
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind(sockaddr)
+    except OSError as error:
+        sock.close()
+        raise CannotListen('cannot listen on %s for the %s: %s'
+                           % (_host_port(host, port), what, error.strerror))
+    return sock
+
+
+def _fit_open_files(server, connection_limit):
+    """The API's connection limit, after raising the soft RLIMIT_NOFILE so that
+    every listener's connections fit; lowered, with a warning, where the hard
+    limit does not allow it."""
+    others = 64 + HOOK_LISTENER['connection_limit'] + \
+        4 * (server['threads'] + HOOK_LISTENER['threads'])  # database files per thread
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = connection_limit + others
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        soft = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        connection_limit = max(1, soft - others)
+        log.warning('[server] connection_limit lowered to %d: the process may open only %d '
+                    'files (raise the hard limit: LimitNOFILE= in systemd, ulimit -Hn)',
+                    connection_limit, soft)
+    return connection_limit
+
+
+class _Refusal(waitress.task.ErrorTask):
+    """What waitress refuses before the app sees the request, as an envelope:
+    a request line, header, chunk size or Content-Length it cannot parse (400),
+    headers over its limit (431), a body over the listener's limit (413), a
+    Transfer-Encoding it does not know (501). Logged to the access log here."""
+
+    def execute(self):
+        error, adj = self.request.error, self.channel.server.adj
+        ec = EC_BY_STATUS.get(error.code, EC_INTERNAL if error.code == 500 else EC_BAD_REQUEST)
+        msg = 'request body is over %d bytes' % adj.max_request_body_size \
+            if error.code == 413 else '%s: %s' % (error.reason.lower(), error.body)
+        body = error_json(ec, msg).encode()
+        self.status = '%d %s' % (error.code, error.reason)
+        self.response_headers.append(('Content-Type', 'application/json'))
+        self.set_close_on_finish()
+        self.content_length = len(body)
+        self.write(body)
+        self.channel.server.access_log.write(
+            logging.INFO, getattr(self.request, 'command', None) or '-',
+            getattr(self.request, 'path', None) or '-',
+            str(error.code), 0.0, str(self.channel.addr[0]))
+
+
+class _Connection(waitress.channel.HTTPChannel):
+    """A client connection, answered by _Refusal where waitress refuses, and
+    remembering when it last finished a request (for channel_timeout)."""
+
+    error_task_class = _Refusal
+    served_at = 0.0
+
+    def service(self):
+        super().service()
+        self.served_at = time.time()
+
+    def send_continue(self):
+        # waitress would say "100 Continue" to a body it is about to refuse (413),
+        # and the client would send it all before reading the refusal.
+        if self.request.error is None:
+            super().send_continue()
+
+    def quiet_since(self):
+        return max(self.creation_time, self.served_at)
+
+
+class _Listener(waitress.server.TcpWSGIServer):
+    """One listening socket with its own connections, limits and worker threads.
+    Unlike waitress's own, it closes a connection that has not completed a
+    request within channel_timeout however slowly it trickles bytes in, and at
+    connection_limit it closes the quietest idle connection to accept a new one,
+    so that idle sockets cannot lock the port."""
+
+    channel_class = _Connection
+    warned_at = float('-inf')
+    access_log = None
+
+    def readable(self):
+        now = time.time()
+        if now >= self.next_channel_cleanup:
+            self.next_channel_cleanup = now + self.adj.cleanup_interval
+            self.maintenance(now)
+        if not self.accepting:
+            return False
+        if len(self._map) < self.adj.connection_limit:
+            return True
+        closing = sum(1 for channel in self.active_channels.values()
+                      if channel.will_close or channel.close_when_flushed)
+        # A few at a time: each turn at the limit scans every connection.
+        excess = max(len(self._map) - closing - self.adj.connection_limit + 1,
+                     self.adj.connection_limit // 32)
+        idle = [channel for channel in self.active_channels.values()
+                if not (channel.requests or channel.will_close or channel.close_when_flushed)]
+        for channel in heapq.nsmallest(excess, idle, key=_Connection.quiet_since):
+            channel.will_close = True
+        if now > self.warned_at + 60:
+            self.warned_at = now
+            log.warning('%s: %d connections open, the limit: closing the quietest idle ones',
+                        _host_port(self.effective_host, self.effective_port),
+                        len(self.active_channels))
+        return False   # accepted once those are closed, at the loop's next turn
+
+    def maintenance(self, now):
+        """Close each connection with no request in service that has had
+        channel_timeout since it opened or last answered: idle or trickling."""
+        cutoff = now - self.adj.channel_timeout
+        for channel in list(self.active_channels.values()):
+            if not channel.requests and channel.quiet_since() < cutoff:
+                channel.will_close = True
+
+
+def hooks_only(app):
+    """The hook listener's app: the ingest hooks and /v1/health; anything else
+    is a 404 envelope (the API has its own port)."""
+    def serve_hooks(environ, start_response):
+        path = environ.get('PATH_INFO', '')
+        if path.startswith('/v1/hooks/') or path == '/v1/health':
+            return app(environ, start_response)
+        body = error_json(EC_NOT_FOUND, 'this port serves only the ingest hooks and '
+                          '/v1/health; the API is on [server] host and port').encode()
+        start_response('404 Not Found', [('Content-Type', 'application/json'),
+                                         ('Content-Length', str(len(body)))])
+        return [body]
+    return serve_hooks
+
+
+def _listener(access_log, sock, server, **limits):
+    """A _Listener on the bound `sock`, serving `access_log` (the app inside it)."""
+    adjustments = dict(threads=server['threads'], connection_limit=server['connection_limit'],
+                       max_request_body_size=server['max_body_bytes'],
+                       channel_timeout=server['channel_timeout'], ident='livestream-api',
+                       # X-Forwarded-For is ours to judge ([server] trusted_proxies).
+                       clear_untrusted_proxy_headers=False)
+    adjustments.update(limits)
+    adjustments['cleanup_interval'] = max(1, min(30, adjustments['channel_timeout'] // 3))
+    adj = waitress.adjustments.Adjustments(sockets=[sock], **adjustments)
+    listener = _Listener(access_log, {}, _sock=sock, adj=adj, bind_socket=False,
+                         sockinfo=(sock.family, sock.type, sock.proto, sock.getsockname()))
+    listener.access_log = access_log
+    return listener
+
+
+def _run(listener, stopping, drain_seconds):
+    """Run one listener's loop until `stopping` is set; then stop accepting and
+    let its requests in flight finish (up to drain_seconds)."""
+    socket_map, deadline = listener._map, None
     while True:
-        server.asyncore.loop(timeout=0.2, map=socket_map, count=1)
+        # poll(), not select(): select() cannot watch descriptors past 1023.
+        listener.asyncore.loop(timeout=0.2, map=socket_map, count=1, use_poll=True)
         if not stopping.is_set():
             continue
         if deadline is None:
-            log.info('stopping: no new connections; finishing requests in flight')
             deadline = time.monotonic() + drain_seconds
-            for listener in listeners:
-                # The dispatcher's close, not the server's: that one also closes the
-                # trigger by which a worker wakes this loop to send its response.
-                server.asyncore.dispatcher.close(listener)
+            # The dispatcher's close, not the server's: that one also closes the
+            # trigger by which a worker wakes this loop to send its response.
+            listener.asyncore.dispatcher.close(listener)
         # A connection with no request in progress (an idle keep-alive one, or one
         # whose response is written) is closed once flushed, so a client that keeps
         # sending cannot hold the drain open; one in progress finishes first.
-        channels = [item for item in list(socket_map.values())
-                    if isinstance(item, waitress.channel.HTTPChannel)]
+        channels = list(listener.active_channels.values())
         for channel in channels:
             with channel.requests_lock:
                 if not channel.requests:
                     channel.close_when_flushed = True
         if not channels or time.monotonic() > deadline:
             break
-    server.asyncore.close_all(socket_map)
+    listener.asyncore.close_all(socket_map)
+
+
+def serve(config, environ, drain_seconds=10):
+    """Serve until SIGTERM or SIGINT; then stop accepting, let requests in flight
+    finish (up to drain_seconds), checkpoint the database and return. The ports
+    are bound first, so a port in use stops start-up before anything is made."""
+    server = dict(config['server'])
+    writer = log_to_stderr(server['log_format'])
+    # Under load waitress warns of its task queue depth on every request.
+    logging.getLogger('waitress.queue').setLevel(logging.ERROR)
+    hooks = hook_address(server)
+    sockets = [bind(server['host'], server['port'], 'API')]
+    try:
+        if hooks:
+            sockets.append(bind(hooks[0], hooks[1], 'ingest hooks ([server] hook_listen)'))
+    except CannotListen:
+        sockets[0].close()
+        raise
+    server['connection_limit'] = _fit_open_files(server, server['connection_limit'])
+    try:
+        app = create_app(config)
+        bootstrap_admin(app, environ)
+    except BaseException:
+        for sock in sockets:
+            sock.close()
+        raise
+    trusted = server['trusted_proxies']
+    listeners = [_listener(AccessLog(app, writer, trusted), sockets[0], server)]
+    if hooks:
+        listeners.append(_listener(AccessLog(hooks_only(app), writer, trusted), sockets[1],
+                                   server, **HOOK_LISTENER))
+    app.livestream.start()
+    stopping = threading.Event()
+
+    def stop(signum, _):
+        log.info('stopping on %s: no new connections; finishing requests in flight',
+                 signal.Signals(signum).name)
+        stopping.set()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, stop)
+    for listener, what in zip(listeners, ('the API', 'the ingest hooks')):
+        log.info('livestream-api %s serving %s on http://%s', __version__, what,
+                 _host_port(listener.effective_host, listener.effective_port))
+    hook_loops = [threading.Thread(target=_run, args=(listener, stopping, drain_seconds),
+                                   name='hook-listener', daemon=True)
+                  for listener in listeners[1:]]
+    for loop in hook_loops:
+        loop.start()
+    _run(listeners[0], stopping, drain_seconds)
+    for loop in hook_loops:
+        loop.join()
     app.livestream.stop()
     app.livestream.store.close()
-    access_log.close()
     log.info('stopped')
+    writer.close()
 
 
 ###############################################################################
@@ -2665,13 +3032,13 @@ http {{
 
 
 def nginx_conf(config, hook_secret, rtmp_port, http_port, prefix, http_host='127.0.0.1'):
-    """A complete nginx.conf whose rtmp application calls this API's hook."""
+    """A complete nginx.conf whose rtmp application calls this API's hooks (on the
+    hook listener, else on the API's port)."""
     server = config['server']
-    api_host = '127.0.0.1' if server['host'] in ('0.0.0.0', '::', '') else server['host']
-    if ':' in api_host:
-        api_host = '[%s]' % api_host
+    host, port = hook_address(server) or (server['host'], server['port'])
+    host = '127.0.0.1' if host in ('0.0.0.0', '::', '') else host
     app = rtmp_app(config)
-    hook = 'http://%s:%d/v1/hooks/nginx-rtmp?secret=%s' % (api_host, server['port'], hook_secret)
+    hook = 'http://%s/v1/hooks/nginx-rtmp?secret=%s' % (_host_port(host, port), hook_secret)
     return NGINX_CONF.format(prefix=os.path.abspath(prefix), module=NGINX_RTMP_MODULE,
                              rtmp_port=rtmp_port, http_port=http_port, http_host=http_host,
                              app=app, hook=hook,
@@ -2714,16 +3081,11 @@ def _parser():
     return parser
 
 
-def _log_to_stderr():
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr, force=True,
-                        format='%(asctime)s %(levelname)s %(name)s: %(message)s')
-
-
 def main(argv=None, environ=None):
     """The livestream-api command. Exit status 2 for configuration errors."""
     environ = os.environ if environ is None else environ
     args = _parser().parse_args(argv)
-    _log_to_stderr()
+    log_to_stderr()
     overrides = {}
     if args.db:
         overrides['database'] = {'path': args.db}
@@ -2740,6 +3102,9 @@ def main(argv=None, environ=None):
     except ConfigError as error:
         print('livestream-api: configuration error: %s' % error, file=sys.stderr)
         return 2
+    except CannotListen as error:
+        print('livestream-api: %s' % error, file=sys.stderr)
+        return 1
     except (sqlite3.Error, OSError) as error:
         print('livestream-api: cannot start on database %s: %s'
               % (config['database']['path'], error), file=sys.stderr)

@@ -221,6 +221,9 @@ def server_env(threads):
         'LIVESTREAM_INGEST_CONTROL_URL': '',  # and no nginx to kick publishers at
         'LIVESTREAM_INGEST_HOOK_SECRET': HOOK_SECRET,
         'LIVESTREAM_SERVER_THREADS': str(threads),
+        # Hooks are measured on the API's port; no second listener, whose port
+        # (the API's + 1) another process may hold.
+        'LIVESTREAM_SERVER_HOOK_LISTEN': '',
         # A session is stale after 3 update intervals without a hook call; the live
         # session must not be reaped while other endpoints are being measured.
         'LIVESTREAM_INGEST_UPDATE_INTERVAL': '3600',

@@ -165,6 +165,8 @@ class Stack:
             'LIVE_TOKEN_ID': self.token_id, 'LIVE_TOKEN_SECRET': self.token_secret,
             # nginx-conf reads the API's port from the config for the hook URL.
             'LIVESTREAM_SERVER_PORT': str(self.api_port),
+            # and the hooks' port, which the API's port + 1 (the default) may not be free.
+            'LIVESTREAM_SERVER_HOOK_LISTEN': '127.0.0.1:%d' % free_port(),
             'LIVESTREAM_INGEST_UPDATE_INTERVAL': str(update_interval),
             'LIVESTREAM_INGEST_HOOK_SECRET': self.hook_secret,
             'LIVESTREAM_INGEST_RTMP_URL': 'rtmp://127.0.0.1:%d/live' % self.rtmp_port,

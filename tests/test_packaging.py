@@ -88,7 +88,9 @@ def test_wheel_serves_health_and_stops_cleanly_on_sigterm(venv, elsewhere, tmp_p
     log = open(tmp_path / 'serve.log', 'w+')
     server = subprocess.Popen(
         [str(venv / 'bin' / 'livestream-api'), 'serve', '--port', str(port), '--db', str(db)],
-        cwd=elsewhere, env=clean_env(), stdout=log, stderr=subprocess.STDOUT)
+        # The hook listener on a port of its own choosing: the next port may be taken.
+        cwd=elsewhere, env=dict(clean_env(), LIVESTREAM_SERVER_HOOK_LISTEN='127.0.0.1:0'),
+        stdout=log, stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + 30
         answer = None

@@ -6,7 +6,7 @@
 4. Identical auth failures; no secrets in logs: test_unknown_token_and_wrong_secret_*,
    test_no_secret_in_logs
 5. Bad input table: tests/test_bad_input.py (and, through waitress,
-   test_10_mb_body_over_http_is_a_json_413)
+   tests/test_serving.py::test_what_waitress_refuses_is_answered_with_an_envelope)
 6. Ingest faults: test_hooks_answer_fast_when_stat_*, test_live_stream_survives_api_restart,
    test_hook_with_garbage_fields_is_4xx
 7. Clean shutdown: test_sigterm_drains_in_flight_requests_and_exits_0
@@ -671,28 +671,6 @@ def test_unknown_token_and_wrong_secret_identical_over_http(tmp_path, spawn):
         answers.append((status, sorted(headers.items()), body))
     assert answers[0] == answers[1]
     assert answers[0][0] == 401 and answers[0][2]['ec'] == 3
-
-
-@pytest.mark.slow
-def test_10_mb_body_over_http_is_a_json_413(tmp_path, spawn):
-    """Point 5 through real waitress (whose own limit is set far above ours):
-    a 10 MB body gets the API's JSON 413, on a write route and on the hook, and
-    the server carries on."""
-    db = tmp_path / 'x.db'
-    server = spawn(db, 'big-body')
-    api = Api(server.port)
-    before = sqlite_one(db, 'SELECT count(*) FROM channels')
-    status, headers, body = api.request('POST', '/v1/channels',
-                                        raw=b'{"name": "' + b'a' * (10 * 2 ** 20) + b'"}')
-    assert status == 413 and headers['content-type'] == 'application/json'
-    assert body['ec'] == 8
-    status, headers, body = api.request(
-        'POST', '/v1/hooks/nginx-rtmp?secret=' + HOOK_SECRET, auth=None,
-        raw=b'call=publish&pad=' + b'a' * (10 * 2 ** 20),
-        content_type='application/x-www-form-urlencoded')
-    assert status == 413 and body['ec'] == 8
-    assert sqlite_one(db, 'SELECT count(*) FROM channels') == before
-    assert Api(server.port).request('GET', '/v1/health', auth=None)[0] == 200
 
 
 # 6. Ingest faults ##############################################################
