@@ -334,6 +334,15 @@ class Store:
     def client_by_token(self, token_id):
         return self.db.execute('SELECT * FROM clients WHERE token_id = ?', (token_id,)).fetchone()
 
+    def client_for_login(self, token_id):
+        """The client with this token id, else (the caller tells by its token_id)
+        another client's row, read at the same cost: so an unknown id takes as long
+        to refuse as a wrong secret. Both lookups run whichever one finds a row."""
+        return self.db.execute(
+            'SELECT * FROM clients WHERE id = (SELECT coalesce(known.id, first.id) FROM '
+            '(SELECT min(id) AS id FROM clients) first '
+            'LEFT JOIN clients known ON known.token_id = ?)', (token_id,)).fetchone()
+
     def client_by_public_id(self, public_id):
         return self.db.execute('SELECT * FROM clients WHERE public_id = ?',
                                (public_id,)).fetchone()
@@ -915,10 +924,13 @@ def authenticate(app):
         client, secret_ok = remembered[0], True
     else:
         credentials = header is not None and _basic_credentials(header)
-        client = credentials and store.client_by_token(credentials[0])
-        expected = client['secret_hash'] if client else _NO_SUCH_SECRET
+        # An unknown id reads another client's row and compares its hash (which cannot
+        # let it in: `known` is false), so it costs what a wrong secret costs.
+        row = credentials and store.client_for_login(credentials[0])
+        known = row and hmac.compare_digest(row['token_id'].encode(), credentials[0].encode())
         secret_ok = hmac.compare_digest(hash_secret(credentials[1] if credentials else ''),
-                                        expected)
+                                        row['secret_hash'] if row else _NO_SUCH_SECRET)
+        client = row if known else None
         if client and secret_ok:
             app.livestream.remember_login(header, client, now)
     if not (client and secret_ok):

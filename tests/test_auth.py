@@ -81,6 +81,17 @@ def test_unknown_id_and_wrong_secret_answer_identically(app):
     assert unknown.headers['WWW-Authenticate'] == wrong.headers['WWW-Authenticate']
 
 
+def test_an_unknown_id_with_the_secret_of_the_row_it_reads_is_refused(app):
+    """An unknown id reads another client's row (the first one) to cost what a wrong
+    secret costs; that client's secret under the unknown id must not let it in."""
+    first = app.livestream.store.client_for_login('no-such-token')
+    assert first['token_id'] == ADMIN[0]
+    assert_401(webtest.TestApp(app).get('/v1/stats', headers={
+        'Authorization': basic('no-such-token', ADMIN[1])}, status=401))
+    assert_401(webtest.TestApp(app).get('/v1/stats', headers={
+        'Authorization': basic(ADMIN[0][:-1], ADMIN[1])}, status=401))
+
+
 @pytest.mark.parametrize('method, path', [
     ('POST', '/v1/clients'), ('GET', '/v1/clients'),
     ('POST', '/v1/clients/admin-token/rotate'), ('DELETE', '/v1/clients/admin-token'),
