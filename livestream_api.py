@@ -869,8 +869,15 @@ class Throttle:
         return entry - now if isinstance(entry, float) and entry > now else 0
 
     def failed(self, addr, now):
+        """Count a failed login. Returns the seconds left on a hold the address was
+        already under, else 0: the caller then answers 429 for a login that raced the
+        one that set the hold, so no more than `failures` are ever answered 401, and
+        the hold keeps its end whatever arrives during it."""
         with self._lock:
             entry = self._addresses.pop(addr, None)
+            if isinstance(entry, float) and entry > now:
+                self._addresses[addr] = entry
+                return entry - now
             recent = [t for t in entry or () if t > now - self.seconds] \
                 if not isinstance(entry, float) else []
             recent.append(now)
@@ -878,6 +885,7 @@ class Throttle:
                                      else recent)
             while len(self._addresses) > self.capacity:
                 self._addresses.popitem(last=False)
+            return 0
 
     def __len__(self):
         return len(self._addresses)
@@ -903,6 +911,13 @@ _NO_SUCH_SECRET = hash_secret(secrets.token_hex(32))
 PUBLIC_PATHS = re.compile(r'^/v1/(health|openapi\.json|hooks/.*)$')
 
 
+def on_hold(wait):
+    """The 429 for an address on hold for `wait` more seconds."""
+    return ApiError(429, EC_THROTTLED, 'too many failed logins from this address; retry in '
+                    '%d s' % (wait + 1), {'retryAfter': int(wait) + 1},
+                    Retry_After=str(int(wait) + 1))
+
+
 def authenticate(app):
     """The before-request hook: who is calling. It runs before routing, so an
     unauthenticated caller learns nothing, not even which methods a path allows."""
@@ -916,9 +931,7 @@ def authenticate(app):
     if header is not None:
         wait = throttle.held_for(addr, now)
         if wait:
-            raise ApiError(429, EC_THROTTLED, 'too many failed logins from this address; '
-                           'retry in %d s' % (wait + 1), {'retryAfter': int(wait) + 1},
-                           Retry_After=str(int(wait) + 1))
+            raise on_hold(wait)
     remembered = app.livestream.logins.get(header)
     if remembered and remembered[1] > now:
         client, secret_ok = remembered[0], True
@@ -934,8 +947,9 @@ def authenticate(app):
         if client and secret_ok:
             app.livestream.remember_login(header, client, now)
     if not (client and secret_ok):
-        if header is not None:
-            throttle.failed(addr, now)
+        wait = header is not None and throttle.failed(addr, now)
+        if wait:
+            raise on_hold(wait)
         raise ApiError(401, EC_UNAUTHORIZED,
                        'authentication failed: send HTTP Basic credentials '
                        '(token id and secret)' if header else 'authentication required: send '
