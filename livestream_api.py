@@ -1115,6 +1115,17 @@ def query(allowed):
     return params
 
 
+def text_param(params, name):
+    """A query parameter as text, or None when absent; 400 unless its bytes are UTF-8
+    (bottle would silently turn the value into None, as if it had not been sent)."""
+    value = params.get(name)
+    try:
+        return None if value is None else value.encode('latin-1').decode('utf-8')
+    except UnicodeError:
+        raise bad_request('%s is not valid UTF-8: percent-encode the UTF-8 bytes of the text'
+                          % name)
+
+
 def page_params(extra=()):
     """(query, after, limit) for a list: `limit` 1-100, an opaque `cursor`."""
     params = query({'limit', 'cursor'} | set(extra))
@@ -1563,7 +1574,7 @@ def list_channels():
     status = params.get('status')
     if status not in (None, 'idle', 'live', 'disabled'):
         raise bad_request('status must be idle, live or disabled')
-    q = params.getunicode('q')
+    q = text_param(params, 'q')
     if q is not None and (len(q) > 200 or CONTROL_CHARS.search(q)):
         raise bad_request('q must be at most 200 characters, with no control characters')
     user_id = params.get('userId')
@@ -1690,6 +1701,7 @@ def system_stats():
 
 def health():
     """GET /v1/health: 200 while the database answers, 503 when it does not."""
+    query(())
     try:
         service().store.check()
     except sqlite3.Error as error:
@@ -1832,6 +1844,7 @@ def nginx_rtmp_hook():
     403 refuses (or, for update_publish, drops the stream)."""
     svc = service()
     _check_hook_secret(svc)
+    query({'secret'})
     if bottle.request.content_length > max_body():
         raise ApiError(413, EC_TOO_LARGE, 'hook body too large')
     content_type = bottle.request.content_type.split(';')[0].strip().lower()
@@ -2119,10 +2132,11 @@ def openapi_document():
     route('GET', '/v1/stats', system_stats, "Totals of the caller's resources; for an admin, "
           "of every client's, plus system", {'200': _success('The totals', ref('Stats'))})
     route('GET', '/v1/health', health, 'Whether the service and its database answer',
-          {'200': _success('Healthy', ref('Health'))}, '503', public=True)
+          {'200': _success('Healthy', ref('Health'))}, '400 503', public=True)
     route('GET', '/v1/openapi.json', openapi, 'This document (not an envelope)', {'200': {
         'description': 'An OpenAPI 3.1 document', 'content': {'application/json': {'schema': {
-            'type': 'object', 'required': ['openapi', 'info', 'paths']}}}}}, public=True)
+            'type': 'object', 'required': ['openapi', 'info', 'paths']}}}}}, '400',
+          public=True)
     route('POST', '/v1/hooks/nginx-rtmp', nginx_rtmp_hook, 'nginx-rtmp notify calls: 2xx '
           'allows, 403 refuses (or drops the stream)', {'200': _success(
               'Allowed or acknowledged', {'anyOf': [
@@ -2170,6 +2184,7 @@ def _openapi_json():
 
 def openapi():
     """GET /v1/openapi.json: the OpenAPI document (public), serialized once per process."""
+    query(())
     bottle.response.content_type = 'application/json'
     return _openapi_json()
 
