@@ -347,6 +347,10 @@ class Store:
         return self.db.execute('SELECT * FROM clients WHERE public_id = ?',
                                (public_id,)).fetchone()
 
+    def client_by_either_id(self, name):
+        """A client by its id, else by its token id: paths and the CLI take either."""
+        return self.client_by_public_id(name) or self.client_by_token(name)
+
     def count_clients(self):
         return self.db.execute('SELECT count(*) FROM clients').fetchone()[0]
 
@@ -1403,8 +1407,8 @@ def list_clients():
     return envelope(page(rows, total, limit, client_json))
 
 
-def _client(token_id):
-    client = service().store.client_by_token(token_id)
+def _client(client_id):
+    client = service().store.client_by_either_id(client_id)
     if client is None:
         raise not_found('client')
     return client
@@ -1416,9 +1420,9 @@ def _refuse_env_client(client, verb):
                        'LIVE_TOKEN_SECRET; %s it there and restart' % verb)
 
 
-def rotate_client(token_id):
-    """POST /v1/clients/{tokenId}/rotate: a new secret; the old one stops working."""
-    client = _client(token_id)
+def rotate_client(client_id):
+    """POST /v1/clients/{clientId}/rotate: a new secret; the old one stops working."""
+    client = _client(client_id)
     query(())
     _refuse_env_client(client, 'change')
     secret = new_token()[1]
@@ -1428,9 +1432,9 @@ def rotate_client(token_id):
     return envelope(dict(client_json(client), tokenSecret=secret))
 
 
-def delete_client(token_id):
-    """DELETE /v1/clients/{tokenId}: refused while it owns users, unless ?force=true."""
-    client = _client(token_id)
+def delete_client(client_id):
+    """DELETE /v1/clients/{clientId}: refused while it owns users, unless ?force=true."""
+    client = _client(client_id)
     force = force_param(query({'force'}))
     _refuse_env_client(client, 'remove')
     if client['users'] and not force:
@@ -2037,7 +2041,8 @@ def openapi_document():
     force = query_param('force', {'type': 'string', 'enum': ['true', 'false'],
                                   'default': 'false'},
                         'true: also delete what it owns, ending live streams.')
-    token_id = path_param('tokenId', {'type': 'string', 'minLength': 1})
+    client_path = dict(path_param('clientId', {'type': 'string', 'minLength': 1}),
+                       description="The client's id; its tokenId is accepted too.")
     user = path_param('userId', user_id)
     channel = path_param('channelId', public_id)
     limits = _closed({'limits': _closed(dict.fromkeys(LIMIT_COLUMNS, limit),
@@ -2082,12 +2087,12 @@ def openapi_document():
     route('GET', '/v1/clients', list_clients, 'List API clients, newest first',
           {'200': _success('A page of clients', _list_of(ref('Client')))}, parameters=page,
           admin=True)
-    route('POST', '/v1/clients/{tokenId}/rotate', rotate_client, "Replace a client's secret",
+    route('POST', '/v1/clients/{clientId}/rotate', rotate_client, "Replace a client's secret",
           {'200': _success('The client with its new tokenSecret', ref('ClientWithSecret'))},
-          '404 409', [token_id], admin=True)
-    route('DELETE', '/v1/clients/{tokenId}', delete_client, 'Delete a client (409 while it '
+          '404 409', [client_path], admin=True)
+    route('DELETE', '/v1/clients/{clientId}', delete_client, 'Delete a client (409 while it '
           'owns users, unless force)', {'204': _success('Deleted')}, '404 409',
-          [token_id, force], admin=True)
+          [client_path, force], admin=True)
     the_user = {'200': _success('The user', ref('User'))}
     route('PUT', '/v1/users/{userId}', put_user, "Create or replace a user's limits (left out: "
           'the configured defaults)', dict(the_user, **{'201': _success(
@@ -2147,7 +2152,7 @@ def openapi_document():
                            'description': '[ingest] hook_secret; anything else gets 403'}],
           hook_form, public=True, media='application/x-www-form-urlencoded')
     for path, method, parameter, field, handlers in (
-            ('/v1/clients', 'post', 'tokenId', 'tokenId', (rotate_client, delete_client)),
+            ('/v1/clients', 'post', 'clientId', 'id', (rotate_client, delete_client)),
             ('/v1/users/{userId}', 'put', 'userId', 'userId', (get_user, patch_user, delete_user)),
             ('/v1/channels', 'post', 'channelId', 'id', (
                 get_channel, put_channel, patch_channel, delete_channel, rotate_key,
@@ -2197,8 +2202,8 @@ def openapi():
 ROUTES = [
     ('POST', '/v1/clients', create_client),
     ('GET', '/v1/clients', list_clients),
-    ('POST', '/v1/clients/<token_id>/rotate', rotate_client),
-    ('DELETE', '/v1/clients/<token_id>', delete_client),
+    ('POST', '/v1/clients/<client_id>/rotate', rotate_client),
+    ('DELETE', '/v1/clients/<client_id>', delete_client),
     ('PUT', '/v1/users/<user_id>', put_user),
     ('PATCH', '/v1/users/<user_id>', patch_user),
     ('GET', '/v1/users/<user_id>', get_user),
@@ -2482,7 +2487,7 @@ def _parser():
     create.add_argument('--role', choices=('app', 'admin'), default='app')
     client_commands.add_parser('list', parents=[common], help='list clients')
     delete = client_commands.add_parser('delete', parents=[common], help='delete a client')
-    delete.add_argument('token_id')
+    delete.add_argument('client', metavar='ID', help='its id, or its token id')
     delete.add_argument('--force', action='store_true',
                         help='also delete its users and channels')
     conf = commands.add_parser('nginx-conf', parents=[common],
@@ -2537,13 +2542,17 @@ def main(argv=None, environ=None):
             print('LIVE_TOKEN_ID=%s\nLIVE_TOKEN_SECRET=%s' % (token_id, secret))
         elif args.client_command == 'list':
             rows, _ = store.list_clients(2 ** 63 - 1, 10 ** 9)
-            for row in rows:
-                print('%s\t%s\t%s\t%s' % (row['token_id'], row['role'], iso(row['created_at']),
-                                          row['name']))
+            table = [('ID', 'TOKEN ID', 'ROLE', 'CREATED', 'NAME')] + [
+                (row['public_id'], row['token_id'], row['role'], iso(row['created_at']),
+                 row['name']) for row in rows]
+            widths = [max(len(line[column]) for line in table) for column in range(4)]
+            for line in table:
+                print('  '.join(cell.ljust(width) for cell, width in zip(line, widths))
+                      + '  ' + line[4])
         elif args.client_command == 'delete':
-            client = store.client_by_token(args.token_id)
+            client = store.client_by_either_id(args.client)
             if client is None:
-                print('livestream-api: no client with token id %s' % args.token_id,
+                print('livestream-api: no client with id or token id %s' % args.client,
                       file=sys.stderr)
                 return 1
             if client['users'] and not args.force:
@@ -2551,7 +2560,7 @@ def main(argv=None, environ=None):
                       % client['users'], file=sys.stderr)
                 return 1
             store.delete_client(client['id'], time.time())
-            print('deleted %s' % args.token_id)
+            print('deleted %s' % args.client)
     finally:
         store.close()
     return 0
