@@ -74,6 +74,15 @@ def _port(text):
     return value
 
 
+def _hook_secret(text):
+    """Empty (one is generated), or characters that a URL, a form field and an
+    nginx.conf all carry as they are, and too many to guess."""
+    if text and not re.match(r'^[A-Za-z0-9_-]{16,128}\Z', text):
+        raise ValueError('must be 16-128 characters of A-Z a-z 0-9 _ -, or empty to '
+                         'generate one')
+    return text
+
+
 def _url(text):
     text = text.strip()
     if text and not re.match(r'^[a-z][a-z0-9+.-]*://[^\s/]+', text):
@@ -99,7 +108,7 @@ CONFIG_KEYS = {
         'rtmp_url': (_url, 'rtmp://127.0.0.1:1935/live'),
         'hls_url': (_url, 'http://127.0.0.1:8088/hls'),
         'stat_url': (_url, 'http://127.0.0.1:8088/stat'),
-        'hook_secret': (str, ''),
+        'hook_secret': (_hook_secret, ''),
         'update_interval': (_positive_int, '10'),
     },
     'limits': {
@@ -155,7 +164,8 @@ def load_config(path=None, environ=None, overrides=None):
             try:
                 config[section][key] = parse(raw[section][key])
             except ValueError as error:
-                raise ConfigError('[%s] %s = %r: %s' % (section, key, raw[section][key], error))
+                value = '(not shown)' if key.endswith('secret') else repr(raw[section][key])
+                raise ConfigError('[%s] %s = %s: %s' % (section, key, value, error))
     return config
 
 
@@ -2250,6 +2260,9 @@ def bootstrap_admin(app, environ, out=sys.stderr):
         if not (token_id and secret and ':' not in token_id):
             raise ConfigError('LIVE_TOKEN_ID and LIVE_TOKEN_SECRET must both be set, and the '
                               'id must not contain ":"')
+        if len(secret) < 16:
+            raise ConfigError('LIVE_TOKEN_SECRET must be at least 16 characters (make one '
+                              'with: python3 -c "import secrets; print(secrets.token_urlsafe())")')
         svc.store.put_env_client(token_id, hash_secret(secret), svc.clock())
     elif svc.store.count_clients() == 0:
         token_id, secret = new_token()

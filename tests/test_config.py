@@ -82,6 +82,22 @@ def test_bad_value_in_environment_names_the_key():
         load_config(environ={'LIVESTREAM_SERVER_PORT': 'eighty'})
 
 
+@pytest.mark.parametrize('secret', [
+    'abc', 'x' * 15, 'x' * 129, 'sec;ret-0123456789abcdef', 'with space-0123456789',
+    'a&b=c-0123456789abcdef', 'quote"0123456789abcdef', 'caf\u00e9-0123456789abcdef',
+    'slash/0123456789abcdef'])
+def test_hook_secret_must_be_16_to_128_url_safe_characters(secret):
+    with pytest.raises(ConfigError, match='hook_secret') as raised:
+        load_config(environ={}, overrides={'ingest': {'hook_secret': secret}})
+    assert secret not in str(raised.value)   # a config error never repeats a secret
+
+
+@pytest.mark.parametrize('secret', ['', 'x' * 16, 'A-z_09' * 21 + 'ab'])
+def test_hook_secret_may_be_empty_or_16_to_128_url_safe_characters(secret):
+    config = load_config(environ={}, overrides={'ingest': {'hook_secret': secret}})
+    assert config['ingest']['hook_secret'] == secret
+
+
 def test_missing_file_names_the_file(tmp_path):
     missing = str(tmp_path / 'nowhere.ini')
     with pytest.raises(ConfigError, match='nowhere.ini'):
@@ -146,6 +162,19 @@ def test_cli_missing_config_file_exits_2_naming_it(tmp_path, run_main, capsys):
     status = run_main(serve_args(tmp_path, '--config', missing), {})
     assert status == 2
     assert missing in capsys.readouterr().err
+
+
+def test_cli_bad_hook_secret_exits_2(tmp_path, run_main, capsys):
+    status = run_main(['init-db', '--db', str(tmp_path / 'x.db')],
+                      {'LIVESTREAM_INGEST_HOOK_SECRET': 'sec;ret'})
+    assert status == 2
+    assert 'hook_secret' in capsys.readouterr().err
+
+
+def test_cli_short_environment_admin_secret_exits_2(tmp_path, run_main, capsys):
+    status = run_main(serve_args(tmp_path), {'LIVE_TOKEN_ID': 'ops', 'LIVE_TOKEN_SECRET': 'b'})
+    assert status == 2
+    assert 'LIVE_TOKEN_SECRET must be at least 16 characters' in capsys.readouterr().err
 
 
 def test_cli_config_error_creates_no_database(tmp_path, run_main, capsys):
