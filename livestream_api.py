@@ -124,18 +124,27 @@ CONFIG_KEYS = {
 }
 
 
+#: LIVESTREAM_ variables that are not settings (the tests' and the tools'); any
+#: other LIVESTREAM_<SECTION>_<KEY> must name a setting, so a misspelling stops start-up.
+NON_CONFIG_VARIABLES = frozenset({'LIVESTREAM_E2E', 'LIVESTREAM_SRS_SOURCE',
+                                  'LIVESTREAM_SRS_BINARY'})
+
+
 def load_config(path=None, environ=None, overrides=None):
     """Defaults, then the file at `path`, then LIVESTREAM_<SECTION>_<KEY> from
     `environ`, then `overrides` ({section: {key: text}}); validated."""
     raw = {section: {key: default for key, (_, default) in keys.items()}
            for section, keys in CONFIG_KEYS.items()}
+    variables = {}  # (section, key) -> the environment variable that set it
 
     def put(section, key, value, origin):
         if section not in CONFIG_KEYS:
-            raise ConfigError('%s: unknown section [%s]' % (origin, section))
+            raise ConfigError('%s: unknown section [%s] (sections: %s)'
+                              % (origin, section, ', '.join(CONFIG_KEYS)))
         if key not in CONFIG_KEYS[section]:
             raise ConfigError('%s: unknown key %r in [%s]' % (origin, key, section))
         raw[section][key] = str(value)
+        variables.pop((section, key), None)
 
     if path is not None:
         parser = ConfigParser(interpolation=None)
@@ -150,9 +159,10 @@ def load_config(path=None, environ=None, overrides=None):
             for key, value in parser.items(section):
                 put(section, key, value, path)
     for name, value in (os.environ if environ is None else environ).items():
-        match = re.match(r'^LIVESTREAM_(%s)_(\w+)$' % '|'.join(CONFIG_KEYS).upper(), name)
-        if match:
-            put(match.group(1).lower(), match.group(2).lower(), value, name)
+        if name.startswith('LIVESTREAM_') and name not in NON_CONFIG_VARIABLES:
+            section, _, key = name[len('LIVESTREAM_'):].lower().partition('_')
+            put(section, key, value, name)
+            variables[section, key] = name
     for section, keys in (overrides or {}).items():
         for key, value in keys.items():
             put(section, key, value, 'override')
@@ -165,7 +175,8 @@ def load_config(path=None, environ=None, overrides=None):
                 config[section][key] = parse(raw[section][key])
             except ValueError as error:
                 value = '(not shown)' if key.endswith('secret') else repr(raw[section][key])
-                raise ConfigError('[%s] %s = %s: %s' % (section, key, value, error))
+                raise ConfigError('%s = %s: %s' % (
+                    variables.get((section, key), '[%s] %s' % (section, key)), value, error))
     return config
 
 
