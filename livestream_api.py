@@ -2487,9 +2487,39 @@ def nginx_conf(config, hook_secret, rtmp_port, http_port, prefix, http_host='127
                              update_interval=config['ingest']['update_interval'])
 
 
+def _url_port(url):
+    """The port a URL names, or its scheme's usual one; None if it names a bad one."""
+    parts = urllib.parse.urlsplit(url)
+    try:
+        return parts.port or {'rtmp': 1935, 'http': 80, 'https': 443}.get(parts.scheme)
+    except ValueError:
+        return None
+
+
+def nginx_port_warnings(config, rtmp_port, http_port):
+    """A sentence for each [ingest] URL whose port is not the one the generated
+    nginx.conf listens on (right only if something forwards between the two)."""
+    warnings = []
+    for flag, port, key in (('--rtmp-port', rtmp_port, 'rtmp_url'),
+                            ('--http-port', http_port, 'hls_url'),
+                            ('--http-port', http_port, 'stat_url')):
+        url = config['ingest'][key]
+        if url and _url_port(url) != port:
+            warnings.append('nginx will listen on %s %d, but [ingest] %s = %s names port %s'
+                            % (flag, port, key, url, _url_port(url)))
+    return warnings
+
+
 ###############################################################################
 # Command line #################################################################
 ###############################################################################
+
+def _cli_port(text):
+    """A port for a generated config: 1-65535."""
+    if not re.match(r'^[0-9]{1,5}\Z', text) or not 1 <= int(text) <= 65535:
+        raise argparse.ArgumentTypeError('%r is not a port number (1-65535)' % text)
+    return int(text)
+
 
 def _parser():
     common = argparse.ArgumentParser(add_help=False)
@@ -2516,8 +2546,8 @@ def _parser():
                         help='also delete its users and channels')
     conf = commands.add_parser('nginx-conf', parents=[common],
                                help='print an nginx.conf wired to this API')
-    conf.add_argument('--rtmp-port', type=int, default=1935)
-    conf.add_argument('--http-port', type=int, default=8088)
+    conf.add_argument('--rtmp-port', type=_cli_port, default=1935)
+    conf.add_argument('--http-port', type=_cli_port, default=8088)
     conf.add_argument('--prefix', default='/var/lib/livestream-nginx',
                       help='directory for nginx state, logs and HLS files')
     return parser
@@ -2558,6 +2588,8 @@ def main(argv=None, environ=None):
         if args.command == 'init-db':
             print('database ready: %s' % config['database']['path'])
         elif args.command == 'nginx-conf':
+            for warning in nginx_port_warnings(config, args.rtmp_port, args.http_port):
+                print('livestream-api: warning: %s' % warning, file=sys.stderr)
             print(nginx_conf(config, app.livestream.hook_secret, args.rtmp_port, args.http_port,
                              args.prefix), end='')
         elif args.client_command == 'create':

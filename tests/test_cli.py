@@ -57,3 +57,34 @@ def test_client_delete_takes_the_id_or_the_token_id(cli, db, tmp_path, named_by)
     status, _, err = cli('client', 'delete', name)
     assert status == 1 and name in err
     assert token_id not in cli('client', 'list')[1]
+
+
+@pytest.mark.parametrize('flag, value', [('--rtmp-port', '99999'), ('--http-port', '0'),
+                                         ('--rtmp-port', '-1'), ('--http-port', 'http'),
+                                         ('--rtmp-port', '65536')])
+def test_nginx_conf_refuses_a_port_that_is_not_one(cli, db, capsys, flag, value):
+    with pytest.raises(SystemExit) as exited:
+        cli('nginx-conf', flag, value)
+    assert exited.value.code == 2
+    err = capsys.readouterr().err
+    assert flag in err and '1-65535' in err
+
+
+def test_nginx_conf_on_the_defaults_warns_of_nothing(cli, db):
+    status, out, err = cli('nginx-conf', '--prefix', '/tmp/x')
+    assert status == 0 and 'listen 1935;' in out and 'listen 127.0.0.1:8088;' in out
+    assert 'warning' not in err
+
+
+def test_nginx_conf_warns_when_its_ports_are_not_the_ingest_urls(cli, db):
+    status, out, err = cli('nginx-conf', '--http-port', '9000', '--rtmp-port', '1935',
+                           environ={'LIVESTREAM_INGEST_HLS_URL': 'https://cdn.example.com/hls'})
+    assert status == 0 and 'listen 127.0.0.1:9000;' in out
+    warnings = [line for line in err.splitlines() if 'warning' in line]
+    assert len(warnings) == 2
+    assert '--http-port 9000' in warnings[0] and 'hls_url = https://cdn.example.com/hls' \
+        in warnings[0] and 'port 443' in warnings[0]
+    assert '--http-port 9000' in warnings[1] and 'stat_url = http://127.0.0.1:8088/stat' \
+        in warnings[1] and 'port 8088' in warnings[1]
+    status, _, err = cli('nginx-conf', '--rtmp-port', '1936')
+    assert status == 0 and 'rtmp_url = rtmp://127.0.0.1:1935/live names port 1935' in err
