@@ -2575,6 +2575,14 @@ def main(argv=None, environ=None):
         if args.command == 'serve':
             serve(config, environ)
             return 0
+        database = os.path.abspath(config['database']['path'])
+        # Elsewhere than where it was made, a relative path names a new, empty database
+        # (with a new hook secret, which nginx.conf would then carry): never make one.
+        if args.command != 'init-db' and not os.path.exists(database):
+            print('livestream-api: no database at %s; create it with `livestream-api init-db` '
+                  '(or serve), or point --db or [database] path at the existing one'
+                  % database, file=sys.stderr)
+            return 1
         app = create_app(config)
     except ConfigError as error:
         print('livestream-api: configuration error: %s' % error, file=sys.stderr)

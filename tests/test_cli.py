@@ -88,3 +88,23 @@ def test_nginx_conf_warns_when_its_ports_are_not_the_ingest_urls(cli, db):
         in warnings[1] and 'port 8088' in warnings[1]
     status, _, err = cli('nginx-conf', '--rtmp-port', '1936')
     assert status == 0 and 'rtmp_url = rtmp://127.0.0.1:1935/live names port 1935' in err
+
+
+@pytest.mark.parametrize('argv', [['nginx-conf'], ['client', 'list'],
+                                  ['client', 'create', 'x'], ['client', 'delete', 'x']])
+def test_commands_other_than_serve_and_init_db_refuse_a_missing_database(
+        cli, tmp_path, monkeypatch, argv):
+    """Run in the wrong directory, they made a fresh database with a new hook secret."""
+    monkeypatch.chdir(tmp_path)
+    status, out, err = cli(*argv, '--db', 'live.db')
+    assert status == 1 and out == ''
+    assert 'no database at %s;' % (tmp_path / 'live.db') in err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_relative_database_path_is_found_from_the_working_directory(cli, tmp_path,
+                                                                      monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert cli('init-db', '--db', 'live.db')[0] == 0
+    status, out, _ = cli('nginx-conf', '--db', 'live.db')
+    assert status == 0 and 'secret=' in out
