@@ -2594,7 +2594,7 @@ def main(argv=None, environ=None):
     store = app.livestream.store
     try:
         if args.command == 'init-db':
-            print('database ready: %s' % config['database']['path'])
+            print('database ready: %s' % database)
         elif args.command == 'nginx-conf':
             for warning in nginx_port_warnings(config, args.rtmp_port, args.http_port):
                 print('livestream-api: warning: %s' % warning, file=sys.stderr)

@@ -105,6 +105,7 @@ def test_commands_other_than_serve_and_init_db_refuse_a_missing_database(
 def test_a_relative_database_path_is_found_from_the_working_directory(cli, tmp_path,
                                                                       monkeypatch):
     monkeypatch.chdir(tmp_path)
-    assert cli('init-db', '--db', 'live.db')[0] == 0
+    assert cli('init-db', '--db', 'live.db')[:2] == (0, 'database ready: %s\n'
+                                                     % (tmp_path / 'live.db'))
     status, out, _ = cli('nginx-conf', '--db', 'live.db')
     assert status == 0 and 'secret=' in out
