@@ -969,9 +969,9 @@ def authenticate(app):
         secret_ok = hmac.compare_digest(hash_secret(credentials[1] if credentials else ''),
                                         row['secret_hash'] if row else _NO_SUCH_SECRET)
         client = row if known else None
-        if client and secret_ok:
+        if secret_ok and client:
             app.livestream.remember_login(header, client, now)
-    if not (client and secret_ok):
+    if not (secret_ok and client):  # secret_ok first: both failures stop at it alike
         wait = header is not None and throttle.failed(addr, now)
         if wait:
             raise on_hold(wait)
