@@ -106,6 +106,13 @@ def _log_format(text):
     if text.strip() not in ('text', 'json'):
         raise ValueError('must be text or json')
     return text.strip()
+def _hook_secret(text):
+    """Empty (one is generated), or characters that a URL, a form field and an
+    nginx.conf all carry as they are, and too many to guess."""
+    if text and not re.match(r'^[A-Za-z0-9_-]{16,128}\Z', text):
+        raise ValueError('must be 16-128 characters of A-Z a-z 0-9 _ -, or empty to '
+                         'generate one')
+    return text
 
 
 def _url(text):
@@ -139,7 +146,7 @@ CONFIG_KEYS = {
         'hls_url': (_url, 'http://127.0.0.1:8088/hls'),
         'stat_url': (_url, 'http://127.0.0.1:8088/stat'),
         'control_url': (_url, 'http://127.0.0.1:8088/control'),
-        'hook_secret': (str, ''),
+        'hook_secret': (_hook_secret, ''),
         'update_interval': (_positive_int, '10'),
     },
     'limits': {
@@ -155,18 +162,27 @@ CONFIG_KEYS = {
 }
 
 
+#: LIVESTREAM_ variables that are not settings (the tests' and the tools'); any
+#: other LIVESTREAM_<SECTION>_<KEY> must name a setting, so a misspelling stops start-up.
+NON_CONFIG_VARIABLES = frozenset({'LIVESTREAM_E2E', 'LIVESTREAM_SRS_SOURCE',
+                                  'LIVESTREAM_SRS_BINARY'})
+
+
 def load_config(path=None, environ=None, overrides=None):
     """Defaults, then the file at `path`, then LIVESTREAM_<SECTION>_<KEY> from
     `environ`, then `overrides` ({section: {key: text}}); validated."""
     raw = {section: {key: default for key, (_, default) in keys.items()}
            for section, keys in CONFIG_KEYS.items()}
+    variables = {}  # (section, key) -> the environment variable that set it
 
     def put(section, key, value, origin):
         if section not in CONFIG_KEYS:
-            raise ConfigError('%s: unknown section [%s]' % (origin, section))
+            raise ConfigError('%s: unknown section [%s] (sections: %s)'
+                              % (origin, section, ', '.join(CONFIG_KEYS)))
         if key not in CONFIG_KEYS[section]:
             raise ConfigError('%s: unknown key %r in [%s]' % (origin, key, section))
         raw[section][key] = str(value)
+        variables.pop((section, key), None)
 
     if path is not None:
         parser = ConfigParser(interpolation=None)
@@ -181,9 +197,10 @@ def load_config(path=None, environ=None, overrides=None):
             for key, value in parser.items(section):
                 put(section, key, value, path)
     for name, value in (os.environ if environ is None else environ).items():
-        match = re.match(r'^LIVESTREAM_(%s)_(\w+)$' % '|'.join(CONFIG_KEYS).upper(), name)
-        if match:
-            put(match.group(1).lower(), match.group(2).lower(), value, name)
+        if name.startswith('LIVESTREAM_') and name not in NON_CONFIG_VARIABLES:
+            section, _, key = name[len('LIVESTREAM_'):].lower().partition('_')
+            put(section, key, value, name)
+            variables[section, key] = name
     for section, keys in (overrides or {}).items():
         for key, value in keys.items():
             put(section, key, value, 'override')
@@ -195,7 +212,9 @@ def load_config(path=None, environ=None, overrides=None):
             try:
                 config[section][key] = parse(raw[section][key])
             except ValueError as error:
-                raise ConfigError('[%s] %s = %r: %s' % (section, key, raw[section][key], error))
+                value = '(not shown)' if key.endswith('secret') else repr(raw[section][key])
+                raise ConfigError('%s = %s: %s' % (
+                    variables.get((section, key), '[%s] %s' % (section, key)), value, error))
     return config
 
 
@@ -374,9 +393,22 @@ class Store:
     def client_by_token(self, token_id):
         return self.db.execute('SELECT * FROM clients WHERE token_id = ?', (token_id,)).fetchone()
 
+    def client_for_login(self, token_id):
+        """The client with this token id, else (the caller tells by its token_id)
+        another client's row, read at the same cost: so an unknown id takes as long
+        to refuse as a wrong secret. Both lookups run whichever one finds a row."""
+        return self.db.execute(
+            'SELECT * FROM clients WHERE id = (SELECT coalesce(known.id, first.id) FROM '
+            '(SELECT min(id) AS id FROM clients) first '
+            'LEFT JOIN clients known ON known.token_id = ?)', (token_id,)).fetchone()
+
     def client_by_public_id(self, public_id):
         return self.db.execute('SELECT * FROM clients WHERE public_id = ?',
                                (public_id,)).fetchone()
+
+    def client_by_either_id(self, name):
+        """A client by its id, else by its token id: paths and the CLI take either."""
+        return self.client_by_public_id(name) or self.client_by_token(name)
 
     def count_clients(self):
         return self.db.execute('SELECT count(*) FROM clients').fetchone()[0]
@@ -933,8 +965,15 @@ class Throttle:
         return entry - now if isinstance(entry, float) and entry > now else 0
 
     def failed(self, addr, now):
+        """Count a failed login. Returns the seconds left on a hold the address was
+        already under, else 0: the caller then answers 429 for a login that raced the
+        one that set the hold, so no more than `failures` are ever answered 401, and
+        the hold keeps its end whatever arrives during it."""
         with self._lock:
             entry = self._addresses.pop(addr, None)
+            if isinstance(entry, float) and entry > now:
+                self._addresses[addr] = entry
+                return entry - now
             recent = [t for t in entry or () if t > now - self.seconds] \
                 if not isinstance(entry, float) else []
             recent.append(now)
@@ -942,6 +981,7 @@ class Throttle:
                                      else recent)
             while len(self._addresses) > self.capacity:
                 self._addresses.popitem(last=False)
+            return 0
 
     def __len__(self):
         return len(self._addresses)
@@ -982,6 +1022,11 @@ def client_addr(environ, trusted_proxies):
         if not any(ip in network for network in trusted_proxies):
             return addr
     return addr
+def on_hold(wait):
+    """The 429 for an address on hold for `wait` more seconds."""
+    return ApiError(429, EC_THROTTLED, 'too many failed logins from this address; retry in '
+                    '%d s' % (wait + 1), {'retryAfter': int(wait) + 1},
+                    Retry_After=str(int(wait) + 1))
 
 
 def authenticate(app):
@@ -997,26 +1042,28 @@ def authenticate(app):
     if header is not None:
         wait = throttle.held_for(addr, now)
         if wait:
-            raise ApiError(429, EC_THROTTLED, 'too many failed logins from this address; '
-                           'retry in %d s' % (wait + 1), {'retryAfter': int(wait) + 1},
-                           Retry_After=str(int(wait) + 1))
+            raise on_hold(wait)
     remembered = app.livestream.logins.get(header)
     if remembered and remembered[1] > now:
         client, secret_ok = remembered[0], True
     else:
         credentials = header is not None and _basic_credentials(header)
-        client = credentials and store.client_by_token(credentials[0])
-        expected = client['secret_hash'] if client else _NO_SUCH_SECRET
+        # An unknown id reads another client's row and compares its hash (which cannot
+        # let it in: `known` is false), so it costs what a wrong secret costs.
+        row = credentials and store.client_for_login(credentials[0])
+        known = row and hmac.compare_digest(row['token_id'].encode(), credentials[0].encode())
         secret_ok = hmac.compare_digest(hash_secret(credentials[1] if credentials else ''),
-                                        expected)
-        if client and secret_ok:
+                                        row['secret_hash'] if row else _NO_SUCH_SECRET)
+        client = row if known else None
+        if secret_ok and client:
             app.livestream.remember_login(header, client, now)
-    if not (client and secret_ok):
-        if header is not None:
-            throttle.failed(addr, now)
-            if throttle.held_for(addr, now):   # this failure started the hold: say so once
-                log.warning('address %s put on hold for %d s after %d failed logins', addr,
-                            throttle.seconds, throttle.failures)
+    if not (secret_ok and client):  # secret_ok first: both failures stop at it alike
+        wait = header is not None and throttle.failed(addr, now)
+        if wait:
+            raise on_hold(wait)
+        if header is not None and throttle.held_for(addr, now):  # this failure began a hold
+            log.warning('address %s put on hold for %d s after %d failed logins', addr,
+                        throttle.seconds, throttle.failures)
         raise ApiError(401, EC_UNAUTHORIZED,
                        'authentication failed: send HTTP Basic credentials '
                        '(token id and secret)' if header else 'authentication required: send '
@@ -1180,6 +1227,17 @@ def query(allowed):
         if len(params.getall(name)) > 1:
             raise bad_request('query parameter %r given more than once' % name)
     return params
+
+
+def text_param(params, name):
+    """A query parameter as text, or None when absent; 400 unless its bytes are UTF-8
+    (bottle would silently turn the value into None, as if it had not been sent)."""
+    value = params.get(name)
+    try:
+        return None if value is None else value.encode('latin-1').decode('utf-8')
+    except UnicodeError:
+        raise bad_request('%s is not valid UTF-8: percent-encode the UTF-8 bytes of the text'
+                          % name)
 
 
 def page_params(extra=()):
@@ -1585,8 +1643,8 @@ def list_clients():
     return envelope(page(rows, total, limit, client_json))
 
 
-def _client(token_id):
-    client = service().store.client_by_token(token_id)
+def _client(client_id):
+    client = service().store.client_by_either_id(client_id)
     if client is None:
         raise not_found('client')
     return client
@@ -1598,9 +1656,9 @@ def _refuse_env_client(client, verb):
                        'LIVE_TOKEN_SECRET; %s it there and restart' % verb)
 
 
-def rotate_client(token_id):
-    """POST /v1/clients/{tokenId}/rotate: a new secret; the old one stops working."""
-    client = _client(token_id)
+def rotate_client(client_id):
+    """POST /v1/clients/{clientId}/rotate: a new secret; the old one stops working."""
+    client = _client(client_id)
     query(())
     _refuse_env_client(client, 'change')
     secret = new_token()[1]
@@ -1610,9 +1668,9 @@ def rotate_client(token_id):
     return envelope(dict(client_json(client), tokenSecret=secret))
 
 
-def delete_client(token_id):
-    """DELETE /v1/clients/{tokenId}: refused while it owns users, unless ?force=true."""
-    client = _client(token_id)
+def delete_client(client_id):
+    """DELETE /v1/clients/{clientId}: refused while it owns users, unless ?force=true."""
+    client = _client(client_id)
     force = force_param(query({'force'}))
     _refuse_env_client(client, 'remove')
     if client['users'] and not force:
@@ -1756,7 +1814,7 @@ def list_channels():
     status = params.get('status')
     if status not in (None, 'idle', 'live', 'disabled'):
         raise bad_request('status must be idle, live or disabled')
-    q = params.getunicode('q')
+    q = text_param(params, 'q')
     if q is not None and (len(q) > 200 or CONTROL_CHARS.search(q)):
         raise bad_request('q must be at most 200 characters, with no control characters')
     user_id = params.get('userId')
@@ -1883,6 +1941,7 @@ def system_stats():
 
 def health():
     """GET /v1/health: 200 while the database answers, 503 when it does not."""
+    query(())
     try:
         service().store.check()
     except sqlite3.Error as error:
@@ -2008,7 +2067,7 @@ class HookDenied(Exception):
 
 
 def _check_hook_secret(svc):
-    # The first value, as for the form fields (_form_fields): one rule for repeats.
+    # The first value; a repeated one is then refused by query() like any other.
     given = (bottle.request.query.getall('secret') or [''])[0]
     if not hmac.compare_digest(given.encode('latin-1', 'replace'), svc.hook_secret.encode()):
         log.warning('hook refused: missing or wrong hook secret from %s',
@@ -2118,6 +2177,7 @@ def nginx_rtmp_hook():
     403 refuses (or, for update_publish, drops the stream)."""
     svc = service()
     _check_hook_secret(svc)
+    query({'secret'})
     if bottle.request.content_length > max_body():
         raise ApiError(413, EC_TOO_LARGE, 'hook body too large')
     content_type = bottle.request.content_type.split(';')[0].strip().lower()
@@ -2310,7 +2370,8 @@ def openapi_document():
     force = query_param('force', {'type': 'string', 'enum': ['true', 'false'],
                                   'default': 'false'},
                         'true: also delete what it owns, ending live streams.')
-    token_id = path_param('tokenId', {'type': 'string', 'minLength': 1})
+    client_path = dict(path_param('clientId', {'type': 'string', 'minLength': 1}),
+                       description="The client's id; its tokenId is accepted too.")
     user = path_param('userId', user_id)
     channel = path_param('channelId', public_id)
     limits = _closed({'limits': _closed(dict.fromkeys(LIMIT_COLUMNS, limit),
@@ -2355,12 +2416,12 @@ def openapi_document():
     route('GET', '/v1/clients', list_clients, 'List API clients, newest first',
           {'200': _success('A page of clients', _list_of(ref('Client')))}, parameters=page,
           admin=True)
-    route('POST', '/v1/clients/{tokenId}/rotate', rotate_client, "Replace a client's secret",
+    route('POST', '/v1/clients/{clientId}/rotate', rotate_client, "Replace a client's secret",
           {'200': _success('The client with its new tokenSecret', ref('ClientWithSecret'))},
-          '404 409', [token_id], admin=True)
-    route('DELETE', '/v1/clients/{tokenId}', delete_client, 'Delete a client (409 while it '
+          '404 409', [client_path], admin=True)
+    route('DELETE', '/v1/clients/{clientId}', delete_client, 'Delete a client (409 while it '
           'owns users, unless force)', {'204': _success('Deleted')}, '404 409',
-          [token_id, force], admin=True)
+          [client_path, force], admin=True)
     the_user = {'200': _success('The user', ref('User'))}
     route('PUT', '/v1/users/{userId}', put_user, "Create or replace a user's limits (left out: "
           'the configured defaults)', dict(the_user, **{'201': _success(
@@ -2405,10 +2466,11 @@ def openapi_document():
     route('GET', '/v1/stats', system_stats, "Totals of the caller's resources; for an admin, "
           "of every client's, plus system", {'200': _success('The totals', ref('Stats'))})
     route('GET', '/v1/health', health, 'Whether the service and its database answer',
-          {'200': _success('Healthy', ref('Health'))}, '503', public=True)
+          {'200': _success('Healthy', ref('Health'))}, '400 503', public=True)
     route('GET', '/v1/openapi.json', openapi, 'This document (not an envelope)', {'200': {
         'description': 'An OpenAPI 3.1 document', 'content': {'application/json': {'schema': {
-            'type': 'object', 'required': ['openapi', 'info', 'paths']}}}}}, public=True)
+            'type': 'object', 'required': ['openapi', 'info', 'paths']}}}}}, '400',
+          public=True)
     route('POST', '/v1/hooks/nginx-rtmp', nginx_rtmp_hook, 'nginx-rtmp notify calls: 2xx '
           'allows, 403 refuses (or drops the stream)', {'200': _success(
               'Allowed or acknowledged', {'anyOf': [
@@ -2419,7 +2481,7 @@ def openapi_document():
                            'description': '[ingest] hook_secret; anything else gets 403'}],
           hook_form, public=True, media='application/x-www-form-urlencoded')
     for path, method, parameter, field, handlers in (
-            ('/v1/clients', 'post', 'tokenId', 'tokenId', (rotate_client, delete_client)),
+            ('/v1/clients', 'post', 'clientId', 'id', (rotate_client, delete_client)),
             ('/v1/users/{userId}', 'put', 'userId', 'userId', (get_user, patch_user, delete_user)),
             ('/v1/channels', 'post', 'channelId', 'id', (
                 get_channel, put_channel, patch_channel, delete_channel, rotate_key,
@@ -2456,6 +2518,7 @@ def _openapi_json():
 
 def openapi():
     """GET /v1/openapi.json: the OpenAPI document (public), serialized once per process."""
+    query(())
     bottle.response.content_type = 'application/json'
     return _openapi_json()
 
@@ -2468,8 +2531,8 @@ def openapi():
 ROUTES = [
     ('POST', '/v1/clients', create_client),
     ('GET', '/v1/clients', list_clients),
-    ('POST', '/v1/clients/<token_id>/rotate', rotate_client),
-    ('DELETE', '/v1/clients/<token_id>', delete_client),
+    ('POST', '/v1/clients/<client_id>/rotate', rotate_client),
+    ('DELETE', '/v1/clients/<client_id>', delete_client),
     ('PUT', '/v1/users/<user_id>', put_user),
     ('PATCH', '/v1/users/<user_id>', patch_user),
     ('GET', '/v1/users/<user_id>', get_user),
@@ -2516,6 +2579,9 @@ def bootstrap_admin(app, environ, out=sys.stderr):
         if not (token_id and secret and ':' not in token_id):
             raise ConfigError('LIVE_TOKEN_ID and LIVE_TOKEN_SECRET must both be set, and the '
                               'id must not contain ":"')
+        if len(secret) < 16:
+            raise ConfigError('LIVE_TOKEN_SECRET must be at least 16 characters (make one '
+                              'with: python3 -c "import secrets; print(secrets.token_urlsafe())")')
         svc.store.put_env_client(token_id, hash_secret(secret), svc.clock())
     elif svc.store.count_clients() == 0:
         token_id, secret = new_token()
@@ -3045,9 +3111,39 @@ def nginx_conf(config, hook_secret, rtmp_port, http_port, prefix, http_host='127
                              update_interval=config['ingest']['update_interval'])
 
 
+def _url_port(url):
+    """The port a URL names, or its scheme's usual one; None if it names a bad one."""
+    parts = urllib.parse.urlsplit(url)
+    try:
+        return parts.port or {'rtmp': 1935, 'http': 80, 'https': 443}.get(parts.scheme)
+    except ValueError:
+        return None
+
+
+def nginx_port_warnings(config, rtmp_port, http_port):
+    """A sentence for each [ingest] URL whose port is not the one the generated
+    nginx.conf listens on (right only if something forwards between the two)."""
+    warnings = []
+    for flag, port, key in (('--rtmp-port', rtmp_port, 'rtmp_url'),
+                            ('--http-port', http_port, 'hls_url'),
+                            ('--http-port', http_port, 'stat_url')):
+        url = config['ingest'][key]
+        if url and _url_port(url) != port:
+            warnings.append('nginx will listen on %s %d, but [ingest] %s = %s names port %s'
+                            % (flag, port, key, url, _url_port(url)))
+    return warnings
+
+
 ###############################################################################
 # Command line #################################################################
 ###############################################################################
+
+def _cli_port(text):
+    """A port for a generated config: 1-65535."""
+    if not re.match(r'^[0-9]{1,5}\Z', text) or not 1 <= int(text) <= 65535:
+        raise argparse.ArgumentTypeError('%r is not a port number (1-65535)' % text)
+    return int(text)
+
 
 def _parser():
     common = argparse.ArgumentParser(add_help=False)
@@ -3069,13 +3165,13 @@ def _parser():
     create.add_argument('--role', choices=('app', 'admin'), default='app')
     client_commands.add_parser('list', parents=[common], help='list clients')
     delete = client_commands.add_parser('delete', parents=[common], help='delete a client')
-    delete.add_argument('token_id')
+    delete.add_argument('client', metavar='ID', help='its id, or its token id')
     delete.add_argument('--force', action='store_true',
                         help='also delete its users and channels')
     conf = commands.add_parser('nginx-conf', parents=[common],
                                help='print an nginx.conf wired to this API')
-    conf.add_argument('--rtmp-port', type=int, default=1935)
-    conf.add_argument('--http-port', type=int, default=8088)
+    conf.add_argument('--rtmp-port', type=_cli_port, default=1935)
+    conf.add_argument('--http-port', type=_cli_port, default=8088)
     conf.add_argument('--prefix', default='/var/lib/livestream-nginx',
                       help='directory for nginx state, logs and HLS files')
     return parser
@@ -3098,6 +3194,14 @@ def main(argv=None, environ=None):
         if args.command == 'serve':
             serve(config, environ)
             return 0
+        database = os.path.abspath(config['database']['path'])
+        # Elsewhere than where it was made, a relative path names a new, empty database
+        # (with a new hook secret, which nginx.conf would then carry): never make one.
+        if args.command != 'init-db' and not os.path.exists(database):
+            print('livestream-api: no database at %s; create it with `livestream-api init-db` '
+                  '(or serve), or point --db or [database] path at the existing one'
+                  % database, file=sys.stderr)
+            return 1
         app = create_app(config)
     except ConfigError as error:
         print('livestream-api: configuration error: %s' % error, file=sys.stderr)
@@ -3112,8 +3216,10 @@ def main(argv=None, environ=None):
     store = app.livestream.store
     try:
         if args.command == 'init-db':
-            print('database ready: %s' % config['database']['path'])
+            print('database ready: %s' % database)
         elif args.command == 'nginx-conf':
+            for warning in nginx_port_warnings(config, args.rtmp_port, args.http_port):
+                print('livestream-api: warning: %s' % warning, file=sys.stderr)
             print(nginx_conf(config, app.livestream.hook_secret, args.rtmp_port, args.http_port,
                              args.prefix), end='')
         elif args.client_command == 'create':
@@ -3122,13 +3228,17 @@ def main(argv=None, environ=None):
             print('LIVE_TOKEN_ID=%s\nLIVE_TOKEN_SECRET=%s' % (token_id, secret))
         elif args.client_command == 'list':
             rows, _ = store.list_clients(2 ** 63 - 1, 10 ** 9)
-            for row in rows:
-                print('%s\t%s\t%s\t%s' % (row['token_id'], row['role'], iso(row['created_at']),
-                                          row['name']))
+            table = [('ID', 'TOKEN ID', 'ROLE', 'CREATED', 'NAME')] + [
+                (row['public_id'], row['token_id'], row['role'], iso(row['created_at']),
+                 row['name']) for row in rows]
+            widths = [max(len(line[column]) for line in table) for column in range(4)]
+            for line in table:
+                print('  '.join(cell.ljust(width) for cell, width in zip(line, widths))
+                      + '  ' + line[4])
         elif args.client_command == 'delete':
-            client = store.client_by_token(args.token_id)
+            client = store.client_by_either_id(args.client)
             if client is None:
-                print('livestream-api: no client with token id %s' % args.token_id,
+                print('livestream-api: no client with id or token id %s' % args.client,
                       file=sys.stderr)
                 return 1
             if client['users'] and not args.force:
@@ -3137,7 +3247,7 @@ def main(argv=None, environ=None):
                 return 1
             app.livestream.kick(store.delete_client(client['id'], time.time()))
             app.livestream.stop()  # sends the kicks: the CLI starts no worker thread
-            print('deleted %s' % args.token_id)
+            print('deleted %s' % args.client)
     finally:
         store.close()
     return 0

@@ -12,6 +12,8 @@ import livestream_api
 from conftest import ADMIN, basic
 
 REALM = 'Basic realm="livestream"'
+#: The environment admin's secret in these tests: the shortest allowed is 16 characters.
+OPS_SECRET = 'ops-secret-16-ch'
 
 
 def b64(raw):
@@ -66,8 +68,8 @@ def test_scheme_name_is_case_insensitive(app):
 def test_secret_may_contain_colons(make_app):
     test_app, app = make_app()
     livestream_api.bootstrap_admin(app, {'LIVE_TOKEN_ID': 'colon-admin',
-                                         'LIVE_TOKEN_SECRET': 'a:b:c'})
-    test_app.get('/v1/clients', headers={'Authorization': basic('colon-admin', 'a:b:c')},
+                                         'LIVE_TOKEN_SECRET': 'a:b:c-sixteen-characters'})
+    test_app.get('/v1/clients', headers={'Authorization': basic('colon-admin', 'a:b:c-sixteen-characters')},
                  status=200)
 
 
@@ -79,6 +81,17 @@ def test_unknown_id_and_wrong_secret_answer_identically(app):
         'Authorization': BAD_AUTHORIZATION['wrong_secret']}, status=401)
     assert unknown.body == wrong.body
     assert unknown.headers['WWW-Authenticate'] == wrong.headers['WWW-Authenticate']
+
+
+def test_an_unknown_id_with_the_secret_of_the_row_it_reads_is_refused(app):
+    """An unknown id reads another client's row (the first one) to cost what a wrong
+    secret costs; that client's secret under the unknown id must not let it in."""
+    first = app.livestream.store.client_for_login('no-such-token')
+    assert first['token_id'] == ADMIN[0]
+    assert_401(webtest.TestApp(app).get('/v1/stats', headers={
+        'Authorization': basic('no-such-token', ADMIN[1])}, status=401))
+    assert_401(webtest.TestApp(app).get('/v1/stats', headers={
+        'Authorization': basic(ADMIN[0][:-1], ADMIN[1])}, status=401))
 
 
 @pytest.mark.parametrize('method, path', [
@@ -170,29 +183,32 @@ def start(tmp_path, environ):
 
 
 def test_environment_admin_secret_is_replaced_at_every_start(tmp_path):
-    start(tmp_path, {'LIVE_TOKEN_ID': 'ops', 'LIVE_TOKEN_SECRET': 'first-secret'})
+    start(tmp_path, {'LIVE_TOKEN_ID': 'ops', 'LIVE_TOKEN_SECRET': 'first-secret-0123456789'})
     test_app, printed = start(tmp_path, {'LIVE_TOKEN_ID': 'ops',
-                                         'LIVE_TOKEN_SECRET': 'second-secret'})
+                                         'LIVE_TOKEN_SECRET': 'second-secret-0123456789'})
     assert printed == ''
     assert_401(test_app.get('/v1/clients', headers={
-        'Authorization': basic('ops', 'first-secret')}, status=401))
-    test_app.get('/v1/clients', headers={'Authorization': basic('ops', 'second-secret')},
+        'Authorization': basic('ops', 'first-secret-0123456789')}, status=401))
+    test_app.get('/v1/clients', headers={'Authorization': basic('ops', 'second-secret-0123456789')},
                  status=200)
 
 
 def test_environment_admin_is_not_duplicated_across_starts(tmp_path):
     for _ in range(3):
-        test_app, _ = start(tmp_path, {'LIVE_TOKEN_ID': 'ops', 'LIVE_TOKEN_SECRET': 's'})
-    items = test_app.get('/v1/clients', headers={'Authorization': basic('ops', 's')}) \
+        test_app, _ = start(tmp_path, {'LIVE_TOKEN_ID': 'ops', 'LIVE_TOKEN_SECRET': OPS_SECRET})
+    items = test_app.get('/v1/clients', headers={'Authorization': basic('ops', OPS_SECRET)}) \
         .json['data']['items']
     assert [item['tokenId'] for item in items] == ['ops']
     assert items[0]['role'] == 'admin'
     assert items[0]['fromEnvironment'] is True
 
 
-@pytest.mark.parametrize('environ', [{'LIVE_TOKEN_ID': 'ops'}, {'LIVE_TOKEN_SECRET': 's'},
-                                     {'LIVE_TOKEN_ID': 'a:b', 'LIVE_TOKEN_SECRET': 's'}])
-def test_incomplete_environment_admin_is_a_config_error(tmp_path, environ):
+@pytest.mark.parametrize('environ', [
+    {'LIVE_TOKEN_ID': 'ops'}, {'LIVE_TOKEN_SECRET': OPS_SECRET},
+    {'LIVE_TOKEN_ID': 'a:b', 'LIVE_TOKEN_SECRET': OPS_SECRET},
+    {'LIVE_TOKEN_ID': 'ops', 'LIVE_TOKEN_SECRET': 'b'},
+    {'LIVE_TOKEN_ID': 'ops', 'LIVE_TOKEN_SECRET': OPS_SECRET[:15]}])
+def test_incomplete_or_short_environment_admin_is_a_config_error(tmp_path, environ):
     with pytest.raises(livestream_api.ConfigError, match='LIVE_TOKEN'):
         start(tmp_path, environ)
 
@@ -215,15 +231,15 @@ def test_second_start_prints_nothing(tmp_path):
 
 
 def test_first_start_with_environment_admin_prints_nothing(tmp_path):
-    _, printed = start(tmp_path, {'LIVE_TOKEN_ID': 'ops', 'LIVE_TOKEN_SECRET': 's'})
+    _, printed = start(tmp_path, {'LIVE_TOKEN_ID': 'ops', 'LIVE_TOKEN_SECRET': OPS_SECRET})
     assert printed == ''
 
 
 def test_a_token_the_environment_no_longer_names_becomes_an_ordinary_admin(make_app):
     test_app, app = make_app()
     livestream_api.bootstrap_admin(app, {'LIVE_TOKEN_ID': 'second-admin',
-                                         'LIVE_TOKEN_SECRET': 'second-secret'})
-    test_app.authorization = ('Basic', ('second-admin', 'second-secret'))
+                                         'LIVE_TOKEN_SECRET': 'second-secret-0123456789'})
+    test_app.authorization = ('Basic', ('second-admin', 'second-secret-0123456789'))
     clients = {c['tokenId']: c for c in test_app.get('/v1/clients').json['data']['items']}
     assert clients['second-admin']['fromEnvironment'] is True
     assert clients[ADMIN[0]]['fromEnvironment'] is False

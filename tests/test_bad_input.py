@@ -18,8 +18,9 @@ is a 404, and on a known one a 400.
 The nginx-rtmp hook takes form fields (application/x-www-form-urlencoded, as
 nginx-rtmp sends them), not JSON: any other content type is a 400, a missing or
 unknown `call` is a 400, a stream name that is not a channel id is a 403 for
-publish/play (what nginx-rtmp needs to refuse) and a 400 otherwise. Unknown
-query parameters on the hook URL are ignored (only `secret` is read).
+publish/play (what nginx-rtmp needs to refuse) and a 400 otherwise. The hook URL
+takes only `secret`: another query parameter, or `secret` twice, is a 400 (after
+the secret is checked: a wrong one is a 403 first).
 """
 
 import base64
@@ -480,16 +481,34 @@ def test_hook_refuses_bad_input(world, input_name):
     assert dump(world['db']) == before
 
 
-def test_hook_ignores_unknown_query_parameters(world):
-    """Only `secret` is read from the hook URL; other parameters are ignored
-    (documented), so play_done on an idle channel is a 200 that changes nothing."""
+@pytest.mark.parametrize('query_string', ['&bogus=1', '&limit=0', '&secret=other',
+                                          '&secret={secret}'])
+def test_hook_refuses_unknown_or_repeated_query_parameters(world, query_string):
+    """The hook URL takes only `secret`, once, as every other route refuses what it
+    does not take; a valid publish with anything more is a 400 that changes nothing."""
     secret = world['app'].livestream.hook_secret
     before = dump(world['db'])
     response = webtest.TestApp(world['app']).post(
-        '/v1/hooks/nginx-rtmp?secret=%s&bogus=1&limit=0' % secret,
-        {'call': 'play_done', 'name': world['channel'], 'app': 'live', 'clientid': '3'})
-    assert response.status_int == 200 and response.json['ec'] == 0
+        '/v1/hooks/nginx-rtmp?secret=' + secret + query_string.format(secret=secret),
+        {'call': 'publish', 'name': world['channel'], 'app': 'live', 'clientid': '3',
+         'key': world['key']}, expect_errors=True)
+    assert 'query parameter' in expect_error(response, 400, 1)['msg']
     assert dump(world['db']) == before
+
+
+@pytest.mark.parametrize('path', ['/v1/health', '/v1/openapi.json'])
+@pytest.mark.parametrize('query_string', ['?bogus=1', '?verbose=true&verbose=true'])
+def test_public_routes_refuse_unknown_query_parameters(app, path, query_string):
+    response = webtest.TestApp(app).get(path + query_string, expect_errors=True)
+    assert 'query parameter' in expect_error(response, 400, 1)['msg']
+
+
+@pytest.mark.parametrize('q', ['zzz%ff', '%c3', '%ed%a0%80', 'caf%e9'])
+def test_q_that_is_not_utf8_is_400(world, q):
+    """Before, bottle turned such a q into None: the list answered as if no q was sent."""
+    response = world['admin'].get('/v1/channels?q=' + q, expect_errors=True)
+    assert 'q is not valid UTF-8' in expect_error(response, 400, 1)['msg']
+    assert world['admin'].get('/v1/channels?q=caf%C3%A9').json['data']['total'] == 0
 
 
 def test_hook_acknowledges_other_nginx_calls_without_change(world):

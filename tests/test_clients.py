@@ -161,6 +161,19 @@ def test_rotate_gives_a_new_secret_and_the_old_one_stops_working(admin, app):
     as_client(app, data['tokenId'], rotated['tokenSecret']).get('/v1/clients', status=200)
 
 
+@pytest.mark.parametrize('named_by', ['id', 'tokenId'])
+def test_rotate_and_delete_take_the_id_or_the_token_id(admin, app, named_by):
+    """A client has two ids, `id` (as in clientId) and `tokenId` (its credentials'
+    name); the paths under /v1/clients take either."""
+    data = admin.post_json('/v1/clients', {'name': 'x', 'role': 'admin'}).json['data']
+    rotated = admin.post('/v1/clients/%s/rotate' % data[named_by]).json['data']
+    assert (rotated['id'], rotated['tokenId']) == (data['id'], data['tokenId'])
+    as_client(app, data['tokenId'], rotated['tokenSecret']).get('/v1/clients', status=200)
+    admin.delete('/v1/clients/%s' % data[named_by], status=204)
+    admin.delete('/v1/clients/%s' % data[named_by], status=404)
+    as_client(app, data['tokenId'], rotated['tokenSecret']).get('/v1/clients', status=401)
+
+
 def test_rotate_unknown_token_id_is_404(admin):
     response = admin.post('/v1/clients/no-such-token/rotate', status=404)
     assert response.json['ec'] == 6

@@ -6,10 +6,10 @@ import sqlite3
 import threading
 
 import pytest
-import waitress
 import webtest
 
 from conftest import ADMIN, basic
+from server_support import serving
 
 pytestmark = pytest.mark.slow
 
@@ -79,20 +79,6 @@ def assert_exactly_limit_created(app, client_info, results):
 
 def test_max_channels_is_atomic_over_a_real_server(app):
     client, info = setup_client(app)
-    server = waitress.create_server(app, host='127.0.0.1', port=0, threads=8)
-    port = server.effective_port
-    stop = threading.Event()
-
-    def run():
-        # The loop and the close in one thread: closing sockets under a running
-        # select() from another thread makes it fail with EBADF.
-        while not stop.is_set():
-            server.asyncore.loop(timeout=0.05, map=server._map, count=1)
-        server.task_dispatcher.shutdown()
-        server.asyncore.close_all(server._map)
-
-    serving = threading.Thread(target=run, daemon=True)
-    serving.start()
     auth = basic(info['tokenId'], info['tokenSecret'])
 
     def create(number, attempt):
@@ -106,12 +92,8 @@ def test_max_channels_is_atomic_over_a_real_server(app):
         finally:
             connection.close()
 
-    try:
+    with serving(app) as port:
         results = race(create)
-    finally:
-        stop.set()
-        serving.join(10)
-    assert not serving.is_alive()
     assert_exactly_limit_created(app, info, results)
     user = client.get('/v1/users/racer').json['data']
     assert user['usage']['channels'] == LIMIT

@@ -77,9 +77,45 @@ def test_bad_value_in_file_names_the_key(tmp_path):
         load_config(path, environ={})
 
 
-def test_bad_value_in_environment_names_the_key():
-    with pytest.raises(ConfigError, match='port'):
+@pytest.mark.parametrize('name', ['LIVESTREAM_DB_PATH', 'LIVESTREAM_SEVER_PORT',
+                                  'LIVESTREAM_SERVER', 'LIVESTREAM_', 'LIVESTREAM_INGEST_',
+                                  'LIVESTREAM_LIMITS_MAX_CHANELS', 'LIVESTREAM_E2E_X'])
+def test_unknown_section_or_key_in_environment_names_the_variable(name):
+    with pytest.raises(ConfigError, match=name):
+        load_config(environ={name: '/x.db'})
+
+
+def test_the_projects_other_variables_are_not_settings():
+    environ = dict.fromkeys(['LIVESTREAM_E2E', 'LIVESTREAM_SRS_SOURCE',
+                             'LIVESTREAM_SRS_BINARY', 'LIVE_TOKEN_ID', 'LIVESTREAMX'], '1')
+    assert load_config(environ=environ) == load_config(environ={})
+
+
+def test_bad_value_in_environment_names_the_variable():
+    with pytest.raises(ConfigError, match="LIVESTREAM_SERVER_PORT = 'eighty'"):
         load_config(environ={'LIVESTREAM_SERVER_PORT': 'eighty'})
+
+
+def test_bad_value_overridden_by_a_flag_names_the_key():
+    with pytest.raises(ConfigError, match=r"^\[server\] port = '99999'"):
+        load_config(environ={'LIVESTREAM_SERVER_PORT': '9000'},
+                    overrides={'server': {'port': '99999'}})
+
+
+@pytest.mark.parametrize('secret', [
+    'abc', 'x' * 15, 'x' * 129, 'sec;ret-0123456789abcdef', 'with space-0123456789',
+    'a&b=c-0123456789abcdef', 'quote"0123456789abcdef', 'caf\u00e9-0123456789abcdef',
+    'slash/0123456789abcdef'])
+def test_hook_secret_must_be_16_to_128_url_safe_characters(secret):
+    with pytest.raises(ConfigError, match='hook_secret') as raised:
+        load_config(environ={}, overrides={'ingest': {'hook_secret': secret}})
+    assert secret not in str(raised.value)   # a config error never repeats a secret
+
+
+@pytest.mark.parametrize('secret', ['', 'x' * 16, 'A-z_09' * 21 + 'ab'])
+def test_hook_secret_may_be_empty_or_16_to_128_url_safe_characters(secret):
+    config = load_config(environ={}, overrides={'ingest': {'hook_secret': secret}})
+    assert config['ingest']['hook_secret'] == secret
 
 
 def test_missing_file_names_the_file(tmp_path):
@@ -129,10 +165,17 @@ def test_cli_unknown_key_in_file_exits_2_naming_it(tmp_path, run_main, capsys):
     assert "'hls'" in capsys.readouterr().err
 
 
-def test_cli_bad_value_exits_2_naming_the_key(tmp_path, run_main, capsys):
+def test_cli_bad_value_exits_2_naming_the_variable(tmp_path, run_main, capsys):
     status = run_main(serve_args(tmp_path), {'LIVESTREAM_SERVER_MAX_BODY_BYTES': 'lots'})
     assert status == 2
-    assert 'max_body_bytes' in capsys.readouterr().err
+    assert "LIVESTREAM_SERVER_MAX_BODY_BYTES = 'lots'" in capsys.readouterr().err
+
+
+def test_cli_misspelled_section_exits_2_naming_the_variable(tmp_path, run_main, capsys):
+    status = run_main(serve_args(tmp_path), {'LIVESTREAM_SEVER_PORT': '9010'})
+    assert status == 2
+    assert 'LIVESTREAM_SEVER_PORT' in capsys.readouterr().err
+    assert not (tmp_path / 'x.db').exists()
 
 
 def test_cli_bad_port_flag_exits_2_naming_port(tmp_path, run_main, capsys):
@@ -146,6 +189,20 @@ def test_cli_missing_config_file_exits_2_naming_it(tmp_path, run_main, capsys):
     status = run_main(serve_args(tmp_path, '--config', missing), {})
     assert status == 2
     assert missing in capsys.readouterr().err
+
+
+def test_cli_bad_hook_secret_exits_2(tmp_path, run_main, capsys):
+    status = run_main(['init-db', '--db', str(tmp_path / 'x.db')],
+                      {'LIVESTREAM_INGEST_HOOK_SECRET': 'sec;ret'})
+    assert status == 2
+    assert 'LIVESTREAM_INGEST_HOOK_SECRET = (not shown): must be 16-128' \
+        in capsys.readouterr().err
+
+
+def test_cli_short_environment_admin_secret_exits_2(tmp_path, run_main, capsys):
+    status = run_main(serve_args(tmp_path), {'LIVE_TOKEN_ID': 'ops', 'LIVE_TOKEN_SECRET': 'b'})
+    assert status == 2
+    assert 'LIVE_TOKEN_SECRET must be at least 16 characters' in capsys.readouterr().err
 
 
 def test_cli_config_error_creates_no_database(tmp_path, run_main, capsys):

@@ -121,6 +121,7 @@ def test_wheel_serves_health_and_stops_cleanly_on_sigterm(venv, elsewhere, tmp_p
 
 def test_wheel_client_create_prints_the_token_once(venv, elsewhere, tmp_path):
     db = str(tmp_path / 'x.db')
+    run([str(venv / 'bin' / 'livestream-api'), 'init-db', '--db', db], elsewhere, 60)
     result = run([str(venv / 'bin' / 'livestream-api'), 'client', 'create', 'ci', '--db', db],
                  elsewhere, 60)
     lines = dict(line.split('=', 1) for line in result.stdout.splitlines() if '=' in line)

@@ -34,7 +34,10 @@ from urllib.parse import urlencode
 import pytest
 import webtest
 
+import livestream_api
+
 from conftest import ADMIN, basic
+from server_support import serving
 
 REPO = Path(__file__).resolve().parent.parent
 HOOK_SECRET = 'hook-secret-for-reliability-tests-0123456789'
@@ -533,6 +536,43 @@ def test_throttle_threshold_is_configurable(make_app):
     _, app = make_app(auth={'throttle_failures': '3', 'throttle_seconds': '120'})
     fail_logins(app, '192.0.2.9', 3)
     assert_throttled(as_addr(app, '192.0.2.9', ADMIN).get('/v1/stats', expect_errors=True), 121)
+
+
+def test_throttle_a_failure_during_a_hold_leaves_the_hold_as_it_was():
+    throttle = livestream_api.Throttle(failures=3, seconds=60)
+    for second in range(3):
+        throttle.failed('192.0.2.5', 1000.0 + second)
+    assert throttle.held_for('192.0.2.5', 1002.0) == 60
+    throttle.failed('192.0.2.5', 1010.0)
+    assert throttle.held_for('192.0.2.5', 1061.0) == 1    # the hold keeps its end
+    assert throttle.held_for('192.0.2.5', 1062.0) == 0
+    # failed() tells its caller of the hold (a 429, not a 401), and a fresh count after it.
+    assert throttle.failed('192.0.2.5', 1020.0) == 42
+    assert [throttle.failed('192.0.2.5', 1062.0 + second) for second in range(3)] == [0, 0, 0]
+    assert throttle.held_for('192.0.2.5', 1064.0) == 60
+
+
+def test_throttle_bursts_over_many_connections_get_exactly_the_allowed_answers(make_app):
+    """600 wrong logins over 40 keep-alive connections at once, through waitress's
+    8 threads: exactly throttle_failures of them are answered 401, every other 429."""
+    _, app = make_app()
+    statuses, start = [], threading.Barrier(40)
+
+    def burst(port, connection):
+        api = Api(port, auth=(ADMIN[0], 'wrong-%d' % connection))
+        start.wait(timeout=30)
+        statuses.extend(api.request('GET', '/v1/stats')[0] for _ in range(15))
+        api.close()
+
+    with serving(app) as port:
+        threads = [threading.Thread(target=burst, args=(port, n)) for n in range(40)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=120)
+    assert len(statuses) == 600
+    assert statuses.count(401) == app.livestream.config['auth']['throttle_failures'] == 10
+    assert statuses.count(429) == 590
 
 
 @pytest.mark.slow
