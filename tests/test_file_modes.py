@@ -1,0 +1,63 @@
+"""Files that hold secrets (the database, generated nginx.conf) are the owner's alone."""
+
+import logging
+import os
+import stat
+
+import pytest
+
+import livestream_api
+
+
+@pytest.fixture(autouse=True)
+def usual_umask():
+    """The common 022 umask, under which a plain open() makes files world-readable."""
+    previous = os.umask(0o022)
+    yield
+    os.umask(previous)
+
+
+def mode(path):
+    return stat.S_IMODE(os.stat(path).st_mode)
+
+
+def open_app(db):
+    config = livestream_api.load_config(environ={}, overrides={
+        'database': {'path': str(db)}, 'ingest': {'stat_url': ''}})
+    return livestream_api.create_app(config)
+
+
+def test_database_and_its_wal_and_shm_are_created_0600(tmp_path):
+    db = tmp_path / 'live.db'
+    app = open_app(db)
+    app.livestream.store.create_client('c', 'app', 'tok', b'hash', 0)
+    files = [db, tmp_path / 'live.db-wal', tmp_path / 'live.db-shm']
+    assert all(path.exists() for path in files)
+    assert {str(path): mode(path) for path in files} == {str(path): 0o600 for path in files}
+    app.livestream.store.close()
+
+
+def test_start_warns_about_a_database_readable_by_others(tmp_path, caplog):
+    db = tmp_path / 'live.db'
+    open_app(db).livestream.store.close()
+    with caplog.at_level(logging.WARNING, logger='livestream'):
+        open_app(db).livestream.store.close()
+    assert 'readable by other users' not in caplog.text
+    db.chmod(0o644)
+    with caplog.at_level(logging.WARNING, logger='livestream'):
+        open_app(db).livestream.store.close()
+    assert '%s is readable by other users (mode 644)' % db in caplog.text
+
+
+@pytest.mark.parametrize('existing_mode', [None, 0o644])
+def test_nginx_conf_output_is_written_0600(tmp_path, existing_mode):
+    db, conf = str(tmp_path / 'live.db'), tmp_path / 'nginx.conf'
+    if existing_mode is not None:
+        conf.write_text('old')
+        conf.chmod(existing_mode)
+    assert livestream_api.main(['init-db', '--db', db], environ={}) == 0
+    status = livestream_api.main(['nginx-conf', '--db', db, '--prefix', str(tmp_path),
+                                  '--output', str(conf)], environ={})
+    assert status == 0
+    assert mode(conf) == 0o600
+    assert '/v1/hooks/nginx-rtmp?secret=' in conf.read_text()
