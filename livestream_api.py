@@ -2227,7 +2227,8 @@ def create_app(config=None, clock=time.time):
 
 def bootstrap_admin(app, environ, out=sys.stderr):
     """Put the LIVE_TOKEN_ID / LIVE_TOKEN_SECRET admin in place; on a first start
-    without them, make an admin and print its credentials once."""
+    without them, make an admin and show its credentials once (on a terminal, else
+    in a 0600 file beside the database)."""
     svc = app.livestream
     token_id, secret = environ.get('LIVE_TOKEN_ID'), environ.get('LIVE_TOKEN_SECRET')
     if token_id or secret:
@@ -2239,8 +2240,16 @@ def bootstrap_admin(app, environ, out=sys.stderr):
         token_id, secret = new_token()
         svc.store.create_client('first admin', 'admin', token_id, hash_secret(secret),
                                 svc.clock())
-        print('Created an admin API token (shown once; keep it):\n'
-              '  LIVE_TOKEN_ID=%s\n  LIVE_TOKEN_SECRET=%s' % (token_id, secret), file=out)
+        if out.isatty():
+            print('Created an admin API token (shown once; keep it):\n'
+                  '  LIVE_TOKEN_ID=%s\n  LIVE_TOKEN_SECRET=%s' % (token_id, secret), file=out)
+        else:
+            # Not a terminal: stderr then goes to a journal or a container log, which
+            # is kept and read by others, so the secret goes to a private file.
+            path = os.path.abspath(svc.store.path) + '.admin-token'
+            write_private(path, 'LIVE_TOKEN_ID=%s\nLIVE_TOKEN_SECRET=%s\n' % (token_id, secret))
+            log.warning('created an admin API token: its id and secret are in %s (mode 0600); '
+                        'keep them elsewhere and delete the file', path)
 
 
 ###############################################################################

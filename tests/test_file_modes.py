@@ -1,10 +1,12 @@
 """Files that hold secrets (the database, generated nginx.conf) are the owner's alone."""
 
+import io
 import logging
 import os
 import stat
 
 import pytest
+import webtest
 
 import livestream_api
 
@@ -61,3 +63,42 @@ def test_nginx_conf_output_is_written_0600(tmp_path, existing_mode):
     assert status == 0
     assert mode(conf) == 0o600
     assert '/v1/hooks/nginx-rtmp?secret=' in conf.read_text()
+
+
+# The first admin's credentials ------------------------------------------------
+
+def first_start(db, out):
+    app = open_app(db)
+    livestream_api.bootstrap_admin(app, {}, out=out)
+    return app
+
+
+def assert_admin_works(app, token_id, secret):
+    test_app = webtest.TestApp(app)
+    test_app.authorization = ('Basic', (token_id, secret))
+    assert test_app.get('/v1/clients').json['data']['items'][0]['role'] == 'admin'
+
+
+def test_first_admin_is_printed_on_a_terminal_and_written_nowhere(tmp_path):
+    controller, terminal = os.openpty()
+    with open(terminal, 'w') as out, open(controller, 'rb', buffering=0) as screen:
+        app = first_start(tmp_path / 'live.db', out)
+        out.flush()
+        printed = screen.read(4096).decode()
+    lines = dict(line.strip().split('=', 1) for line in printed.splitlines() if '=' in line)
+    assert set(lines) == {'LIVE_TOKEN_ID', 'LIVE_TOKEN_SECRET'}
+    assert not (tmp_path / 'live.db.admin-token').exists()
+    assert_admin_works(app, lines['LIVE_TOKEN_ID'], lines['LIVE_TOKEN_SECRET'])
+
+
+def test_first_admin_off_a_terminal_goes_to_a_0600_file_the_log_names(tmp_path, caplog):
+    out = io.StringIO()
+    with caplog.at_level(logging.INFO, logger='livestream'):
+        app = first_start(tmp_path / 'live.db', out)
+    token_file = tmp_path / 'live.db.admin-token'
+    assert mode(token_file) == 0o600
+    lines = dict(line.split('=', 1) for line in token_file.read_text().splitlines())
+    assert set(lines) == {'LIVE_TOKEN_ID', 'LIVE_TOKEN_SECRET'}
+    assert str(token_file) in caplog.text
+    assert lines['LIVE_TOKEN_SECRET'] not in caplog.text + out.getvalue()
+    assert_admin_works(app, lines['LIVE_TOKEN_ID'], lines['LIVE_TOKEN_SECRET'])
