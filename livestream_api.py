@@ -194,7 +194,9 @@ def _create_private_database(path):
     secret and every stream key in clear."""
     if path in ('', ':memory:'):
         return
-    with contextlib.suppress(FileExistsError):
+    # Exists already, or cannot be made: sqlite3.connect then opens it or raises
+    # the sqlite3.Error the callers handle (health answers 503 to it).
+    with contextlib.suppress(OSError):
         os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
 
 

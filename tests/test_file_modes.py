@@ -102,3 +102,16 @@ def test_first_admin_off_a_terminal_goes_to_a_0600_file_the_log_names(tmp_path, 
     assert str(token_file) in caplog.text
     assert lines['LIVE_TOKEN_SECRET'] not in caplog.text + out.getvalue()
     assert_admin_works(app, lines['LIVE_TOKEN_ID'], lines['LIVE_TOKEN_SECRET'])
+
+
+def test_a_database_that_cannot_be_created_is_still_a_503_not_a_500(tmp_path):
+    db = tmp_path / 'gone' / 'live.db'
+    db.parent.mkdir()
+    app = open_app(db)
+    app.livestream.store.close()
+    for path in db.parent.iterdir():
+        path.unlink()
+    db.parent.rmdir()
+    app.catchall = False
+    response = webtest.TestApp(app).get('/v1/health', status=503)
+    assert response.json['ec'] == 99
