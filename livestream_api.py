@@ -238,6 +238,36 @@ def _migrations():
     return [(int(version), sql) for version, sql in zip(blocks[1::2], blocks[2::2])]
 
 
+def write_private(path, text):
+    """Write text to path readable by its owner only (0600), whatever the umask and
+    whatever mode an earlier copy of the file had: it holds secrets."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, 'w') as file:
+        os.fchmod(fd, 0o600)
+        file.write(text)
+
+
+def _create_private_database(path):
+    """Create an empty database file 0600 if there is none. SQLite gives the -wal
+    and -shm files the database file's mode, and the database holds the hook
+    secret and every stream key in clear."""
+    if path in ('', ':memory:'):
+        return
+    # Exists already, or cannot be made: sqlite3.connect then opens it or raises
+    # the sqlite3.Error the callers handle (health answers 503 to it).
+    with contextlib.suppress(OSError):
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+
+
+def _warn_if_readable_by_others(path):
+    """Log a warning for each existing database file that group or others can read."""
+    for name in (path, path + '-wal', path + '-shm'):
+        with contextlib.suppress(OSError):
+            if os.stat(name).st_mode & 0o077:
+                log.warning('%s is readable by other users (mode %o) but holds secrets: '
+                            'chmod 600 it', name, os.stat(name).st_mode & 0o777)
+
+
 #: How long a cached read may miss a write made by another process (the CLI).
 READ_CACHE_SECONDS = 1.0
 
@@ -290,12 +320,14 @@ class Store:
         self.channels_generation = 0
         self._rows = {}  # (sql, args) -> (row, generation read at, valid until)
         self._rows_bytes = 0
+        _warn_if_readable_by_others(self.path)
 
     @property
     def db(self):
         """This thread's connection, opened and configured on first use."""
         conn = getattr(self._local, 'conn', None)
         if conn is None:
+            _create_private_database(self.path)
             conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False,
                                    timeout=10)
             conn.row_factory = sqlite3.Row
@@ -2572,7 +2604,8 @@ def create_app(config=None, clock=time.time):
 
 def bootstrap_admin(app, environ, out=sys.stderr):
     """Put the LIVE_TOKEN_ID / LIVE_TOKEN_SECRET admin in place; on a first start
-    without them, make an admin and print its credentials once."""
+    without them, make an admin and show its credentials once (on a terminal, else
+    in a 0600 file beside the database)."""
     svc = app.livestream
     token_id, secret = environ.get('LIVE_TOKEN_ID'), environ.get('LIVE_TOKEN_SECRET')
     if token_id or secret:
@@ -2587,8 +2620,16 @@ def bootstrap_admin(app, environ, out=sys.stderr):
         token_id, secret = new_token()
         svc.store.create_client('first admin', 'admin', token_id, hash_secret(secret),
                                 svc.clock())
-        print('Created an admin API token (shown once; keep it):\n'
-              '  LIVE_TOKEN_ID=%s\n  LIVE_TOKEN_SECRET=%s' % (token_id, secret), file=out)
+        if out.isatty():
+            print('Created an admin API token (shown once; keep it):\n'
+                  '  LIVE_TOKEN_ID=%s\n  LIVE_TOKEN_SECRET=%s' % (token_id, secret), file=out)
+        else:
+            # Not a terminal: stderr then goes to a journal or a container log, which
+            # is kept and read by others, so the secret goes to a private file.
+            path = os.path.abspath(svc.store.path) + '.admin-token'
+            write_private(path, 'LIVE_TOKEN_ID=%s\nLIVE_TOKEN_SECRET=%s\n' % (token_id, secret))
+            log.warning('created an admin API token: its id and secret are in %s (mode 0600); '
+                        'keep them elsewhere and delete the file', path)
 
 
 ###############################################################################
@@ -3174,6 +3215,8 @@ def _parser():
     conf.add_argument('--http-port', type=_cli_port, default=8088)
     conf.add_argument('--prefix', default='/var/lib/livestream-nginx',
                       help='directory for nginx state, logs and HLS files')
+    conf.add_argument('--output', metavar='FILE',
+                      help='write to FILE, mode 0600 (it holds the hook secret), not stdout')
     return parser
 
 
@@ -3220,8 +3263,12 @@ def main(argv=None, environ=None):
         elif args.command == 'nginx-conf':
             for warning in nginx_port_warnings(config, args.rtmp_port, args.http_port):
                 print('livestream-api: warning: %s' % warning, file=sys.stderr)
-            print(nginx_conf(config, app.livestream.hook_secret, args.rtmp_port, args.http_port,
-                             args.prefix), end='')
+            conf_text = nginx_conf(config, app.livestream.hook_secret, args.rtmp_port,
+                                   args.http_port, args.prefix)
+            if args.output:
+                write_private(args.output, conf_text)
+            else:
+                print(conf_text, end='')
         elif args.client_command == 'create':
             token_id, secret = new_token()
             store.create_client(args.name, args.role, token_id, hash_secret(secret), time.time())

@@ -63,7 +63,10 @@ class StatServer:
 
         self.httpd = http.server.ThreadingHTTPServer(('127.0.0.1', 0), Handler)
         self.url = 'http://127.0.0.1:%d/stat' % self.httpd.server_port
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        # shutdown() waits out serve_forever's poll interval (0.5 s by default) at
+        # every close, and dozens of tests close one.
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True,
+                                       kwargs={'poll_interval': 0.01})
         self.thread.start()
 
     def serve(self, *streams):

@@ -171,13 +171,20 @@ def test_api_secrets_are_256_bit(admin):
 
 # Bootstrap from the environment, and the first start -------------------------
 
+class Terminal(io.StringIO):
+    """stderr on a terminal, where the first admin's credentials are printed."""
+
+    def isatty(self):
+        return True
+
+
 def start(tmp_path, environ):
     """A fresh start of the service on tmp_path/live.db: (TestApp, printed text)."""
     config = livestream_api.load_config(environ={}, overrides={
         'database': {'path': str(tmp_path / 'live.db')}, 'ingest': {'stat_url': ''}})
     app = livestream_api.create_app(config)
     app.catchall = False
-    out = io.StringIO()
+    out = Terminal()
     livestream_api.bootstrap_admin(app, environ, out=out)
     return webtest.TestApp(app), out.getvalue()
 

@@ -1,10 +1,13 @@
-"""The wheel, installed in a fresh venv, serves from an unrelated directory.
+"""The wheel, installed in a fresh venv, serves from an unrelated directory; the
+README's Quick start, run as printed from a fresh clone, serves and tests.
 
-A data file missing from the wheel (schema.sql) fails here, not in production.
+A data file missing from the wheel (schema.sql) or from git fails here, not in
+production or on a newcomer's first try.
 """
 
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -139,3 +142,73 @@ def test_wheel_config_error_exits_2(venv, elsewhere):
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 2
     assert 'missing.ini' in result.stderr
+
+
+# The README's Quick start, as printed ------------------------------------------
+
+def quick_start():
+    """The Quick start's ```sh blocks: (get the code, install and serve, install and test)."""
+    readme = (REPO / 'README.md').read_text(encoding='utf-8')
+    section = readme.split('\n## Quick start\n', 1)[1].split('\n## ', 1)[0]
+    blocks = re.findall(r'```sh\n(.*?)```', section, flags=re.S)
+
+    def the_block(needle):
+        found = [block for block in blocks if needle in block]
+        assert len(found) == 1, 'the Quick start needs one sh block with %r: %s' % (needle, found)
+        return found[0]
+    return the_block('git clone '), the_block('livestream-api serve'), the_block('pytest')
+
+
+@pytest.mark.skipif(shutil.which('git') is None or not (REPO / '.git').exists(),
+                    reason='needs git and a git checkout to clone from')
+def test_quick_start_as_printed_serves_and_tests_from_a_fresh_clone(tmp_path):
+    """The three blocks as one bash script, as a reader pastes them, in an empty
+    directory: the clone comes from a bare copy of this checkout's HEAD standing in
+    for the README's URL; Ctrl-C (SIGINT) stops serve once it answers, and the
+    test command follows. The environment picks the serve port (the default may
+    be taken here) and the fast subset of the tests (the whole suite would run
+    this test again)."""
+    get_code, serve, run_tests = quick_start()
+    url = re.search(r'git clone (\S+)', get_code).group(1)
+    upstream = tmp_path / 'upstream' / url.rstrip('/').rsplit('/', 1)[-1]
+    run(['git', 'clone', '--quiet', '--bare', str(REPO), str(upstream)], tmp_path, 120)
+    reader = tmp_path / 'reader'
+    reader.mkdir()
+    port = free_port()
+    env = dict(clean_env(), LIVESTREAM_SERVER_PORT=str(port),
+               PYTEST_ADDOPTS='-m "not slow and not e2e and not schemathesis" '
+                              '-p no:cacheprovider')
+    script = '\n'.join([get_code.replace(url, str(upstream)), serve, run_tests])
+    log_path = tmp_path / 'quick-start.log'
+    with open(log_path, 'w') as log:
+        process = subprocess.Popen(['bash', '-e', '-c', script], cwd=reader, env=env,
+                                   stdin=subprocess.DEVNULL, stdout=log,
+                                   stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 600
+        while not healthy(port):
+            assert process.poll() is None and time.monotonic() < deadline, \
+                'serve never answered:\n' + log_path.read_text()[-5000:]
+            time.sleep(0.5)
+        clone = reader / upstream.name[:-len('.git')]
+        # Not on a terminal: the first admin's secret is in a private file, not the log.
+        token_file = clone / 'livestream.db.admin-token'
+        assert token_file.stat().st_mode & 0o777 == 0o600
+        os.killpg(process.pid, signal.SIGINT)
+        status = process.wait(timeout=1200)
+        output = log_path.read_text()
+        assert status == 0, output[-5000:]
+        assert re.search(r'^\d+ passed', output, flags=re.M), output[-5000:]
+        assert 'LIVE_TOKEN_SECRET=' not in output
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+
+
+def healthy(port):
+    try:
+        with urllib.request.urlopen('http://127.0.0.1:%d/v1/health' % port, timeout=2) as answer:
+            return answer.status == 200
+    except (urllib.error.URLError, ConnectionError):
+        return False
