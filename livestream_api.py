@@ -16,6 +16,7 @@ import contextlib
 import functools
 import hashlib
 import hmac
+import itertools
 import json
 import logging
 import os
@@ -179,7 +180,11 @@ def _migrations():
     return [(int(version), sql) for version, sql in zip(blocks[1::2], blocks[2::2])]
 
 
-#: How long a cached read may miss a write made by another process (the CLI).
+class DatabaseGone(sqlite3.DatabaseError):
+    """The database file was deleted or replaced under the running service."""
+
+
+#: How long a cached read may miss a change made outside livestream-api (by hand).
 READ_CACHE_SECONDS = 1.0
 
 #: The most rows, and the most bytes of text in them, the read cache holds.
@@ -229,16 +234,42 @@ class Store:
         self.generation = 0
         #: ...and by every one that can change a channel object (not heartbeats).
         self.channels_generation = 0
+        #: Bumped when a commit by another process is noticed (every cache is void).
+        self.foreign_generation = 0
+        self._generation_lock = threading.Lock()  # the three counters move under it
+        #: The highest commit number (the `commits` setting) this process has
+        #: accounted for: written itself, or voided its caches for.
+        self._commits_seen = 0
         self._rows = {}  # (sql, args) -> (row, generation read at, valid until)
         self._rows_bytes = 0
+        self._file = None  # (st_dev, st_ino) of the database file, once opened
+        #: Why the database can no longer be used (see check_file()), or None.
+        self.gone = None
 
     @property
     def db(self):
         """This thread's connection, opened and configured on first use."""
         conn = getattr(self._local, 'conn', None)
         if conn is None:
-            conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False,
-                                   timeout=10)
+            conn = self._connect()
+            self._local.conn = conn
+            with self._connections_lock:
+                self._connections.append(conn)
+        return conn
+
+    def _connect(self):
+        """A configured connection to the database file. Only the first may create
+        it: a later one never puts a new empty database where the file was deleted."""
+        self.check_file()
+        conn = sqlite3.connect('file:%s?mode=%s' % (urllib.parse.quote(self.path),
+                                                    'rw' if self._file else 'rwc'),
+                               uri=True, isolation_level=None, check_same_thread=False,
+                               timeout=10)
+        try:
+            if self._file is None:
+                stat = os.stat(self.path)
+                self._file = (stat.st_dev, stat.st_ino)
+            self.check_file()  # the file may have changed between the check and the open
             conn.row_factory = sqlite3.Row
             # FULL: a commit is on disk before the client hears 2xx, power loss included
             # (transaction(durable=False) relaxes it for ingest heartbeats).
@@ -246,35 +277,110 @@ class Store:
                                'PRAGMA busy_timeout = 10000; PRAGMA synchronous = FULL;')
             conn.execute('CREATE TEMP TABLE ingest AS SELECT ? AS rtmp_url, ? AS hls_url',
                          self._urls)
-            self._local.conn = conn
-            with self._connections_lock:
-                self._connections.append(conn)
+        except BaseException:
+            conn.close()
+            raise
         return conn
+
+    def _drop_connection(self, conn):
+        """Close this thread's connection; its next use opens a new one."""
+        self._local.conn = self._local.data_version = None
+        with self._connections_lock:
+            self._connections.remove(conn)
+        with contextlib.suppress(sqlite3.Error):
+            conn.close()
+
+    def check_file(self):
+        """Raise DatabaseGone once the path no longer names the file this store
+        opened (deleted, or replaced by another): from then on, for good."""
+        if self.gone is None and self._file is not None:
+            try:
+                stat = os.stat(self.path)
+                now_names = 'a different file (device %d, inode %d)' % (stat.st_dev, stat.st_ino)
+                same = (stat.st_dev, stat.st_ino) == self._file
+            except (FileNotFoundError, NotADirectoryError):
+                now_names, same = 'nothing', False
+            if not same:
+                self.gone = ('the database file %s was deleted or replaced while in use '
+                             '(opened as device %d, inode %d; the path now names %s): writes '
+                             'are refused with 503 and nothing more is written to it; put '
+                             'the file back and restart' % ((self.path,) + self._file
+                                                            + (now_names,)))
+                log.error(self.gone)
+        if self.gone:
+            raise DatabaseGone(self.gone)
+
+    def _account_commits(self, number, own=False):
+        """Commits up to `number` were made; any this process did not make voids
+        every cache, remembered logins included (own: `number` is this process's)."""
+        with self._generation_lock:
+            if number - own > self._commits_seen:
+                self.generation += 1
+                self.channels_generation += 1
+                self.foreign_generation += 1
+            self._commits_seen = max(self._commits_seen, number)
+
+    def catch_up(self):
+        """At a request's start: void every cache if another process committed since
+        this one last looked (data_version moves on any other connection's commit)."""
+        db = self.db
+        version = db.execute('PRAGMA data_version').fetchone()[0]
+        if version == getattr(self._local, 'data_version', None):
+            return
+        self._local.data_version = version
+        # This process's other threads move it too: the commit number tells whose.
+        row = db.execute("SELECT value FROM settings WHERE name = 'commits'").fetchone()
+        if row and int(row[0]) > self._commits_seen:
+            self._account_commits(int(row[0]))
 
     @contextlib.contextmanager
     def transaction(self, durable=True, channels=True):
         """A write transaction: committed on success, rolled back and re-raised on error.
         durable=False skips the fsync at commit (synchronous=NORMAL): for figures the
         ingest re-sends every update, which a crash cannot lose but power loss may.
-        channels=False: it changes no channel object (cached reads of them stand)."""
+        channels=False: it changes no channel object (cached reads of them stand).
+        Each one that changes rows numbers itself in the `commits` setting, for
+        other processes' caches."""
         db = self.db
         with self._write_lock:
-            if not durable:
-                db.execute('PRAGMA synchronous = NORMAL')
-            db.execute('BEGIN IMMEDIATE')
+            number, reopen = None, False
             try:
+                self.check_file()
+                # Inside the try: a BEGIN that fails must still restore FULL below.
+                if not durable:
+                    db.execute('PRAGMA synchronous = NORMAL')
+                db.execute('BEGIN IMMEDIATE')
+                changes = db.total_changes
                 yield db
+                numbered = db.total_changes != changes and db.execute(
+                    "INSERT INTO settings (name, value) VALUES ('commits', 1) "
+                    'ON CONFLICT (name) DO UPDATE SET value = value + 1 RETURNING value'
+                ).fetchall()
                 db.execute('COMMIT')
-            except BaseException:
+                number = int(numbered[0][0]) if numbered else None
+                # A commit into a file deleted meanwhile is lost: never acknowledge it.
+                self.check_file()
+            except BaseException as error:
                 if db.in_transaction:
                     db.execute('ROLLBACK')
+                if isinstance(error, sqlite3.Error):
+                    # A connection opened while the file was read-only (permissions, a
+                    # remount) stays read-only: the next request opens a new one.
+                    reopen = (getattr(error, 'sqlite_errorcode', 0) & 0xff
+                              == sqlite3.SQLITE_READONLY)
+                    self.check_file()  # SQLite fails a write to a deleted file as read-only
                 raise
             finally:
-                self.generation += 1
-                if channels:
-                    self.channels_generation += 1
+                with self._generation_lock:
+                    self.generation += 1
+                    if channels:
+                        self.channels_generation += 1
+                if number is not None:
+                    self._account_commits(number, own=True)
                 if not durable:
                     db.execute('PRAGMA synchronous = FULL')
+                if reopen:
+                    self._drop_connection(db)
 
     @contextlib.contextmanager
     def snapshot(self):
@@ -309,7 +415,9 @@ class Store:
                 db.execute('PRAGMA user_version = %d' % version)
 
     def check(self):
-        """Raise sqlite3.Error unless the database can be read."""
+        """Raise sqlite3.Error unless the database can be read (DatabaseGone if its
+        file was deleted or replaced)."""
+        self.check_file()
         self.db.execute('SELECT count(*) FROM settings').fetchone()
 
     def size_bytes(self):
@@ -822,6 +930,9 @@ def error_body(error):
     response.content_type = 'application/json'
     if isinstance(error, ApiError):
         ec, msg, data = error.ec, error.msg, error.data
+    elif isinstance(error.exception, DatabaseGone):  # check_file() logged what happened
+        response.status = 503
+        ec, msg, data = EC_INTERNAL, 'database unavailable; the server log says why', None
     elif error.status_code >= 500:
         if error.exception is not None:
             log.error('unhandled error on %s %s\n%s', bottle.request.method,
@@ -890,6 +1001,10 @@ def _basic_credentials(header):
 #: A hash compared when the token id is unknown, so both failures cost the same.
 _NO_SUCH_SECRET = hash_secret(secrets.token_hex(32))
 
+#: Longer Authorization headers are refused (400) before any work: a Basic header
+#: for our token ids and secrets is under 200 bytes.
+MAX_AUTHORIZATION_BYTES = 4096
+
 #: Paths that need no API token (the hooks carry their own secret).
 PUBLIC_PATHS = re.compile(r'^/v1/(health|openapi\.json|hooks/.*)$')
 
@@ -898,10 +1013,15 @@ def authenticate(app):
     """The before-request hook: who is calling. It runs before routing, so an
     unauthenticated caller learns nothing, not even which methods a path allows."""
     request = bottle.request
+    svc = app.livestream
+    if request.path != '/v1/health':  # it reads no cache, and answers a broken database
+        svc.store.catch_up()  # every other request, hooks too, sees other processes' commits
     if PUBLIC_PATHS.match(request.path):
         return
-    store, throttle = app.livestream.store, app.livestream.throttle
+    store, throttle = svc.store, svc.throttle
     header = request.environ.get('HTTP_AUTHORIZATION')
+    if header is not None and len(header) > MAX_AUTHORIZATION_BYTES:
+        raise bad_request('the Authorization header is over %d bytes' % MAX_AUTHORIZATION_BYTES)
     addr = request.environ.get('REMOTE_ADDR') or '-'
     now = time.monotonic()
     if header is not None:
@@ -910,17 +1030,19 @@ def authenticate(app):
             raise ApiError(429, EC_THROTTLED, 'too many failed logins from this address; '
                            'retry in %d s' % (wait + 1), {'retryAfter': int(wait) + 1},
                            Retry_After=str(int(wait) + 1))
-    remembered = app.livestream.logins.get(header)
-    if remembered and remembered[1] > now:
-        client, secret_ok = remembered[0], True
+    key = header and hashlib.sha256(header.encode('utf-8', 'surrogateescape')).digest()
+    client = key and svc.remembered_login(key, now)
+    if client:
+        secret_ok = True
     else:
+        stamp = svc.login_stamp()
         credentials = header is not None and _basic_credentials(header)
         client = credentials and store.client_by_token(credentials[0])
         expected = client['secret_hash'] if client else _NO_SUCH_SECRET
         secret_ok = hmac.compare_digest(hash_secret(credentials[1] if credentials else ''),
                                         expected)
         if client and secret_ok:
-            app.livestream.remember_login(header, client, now)
+            svc.remember_login(key, client, now, stamp)
     if not (client and secret_ok):
         if header is not None:
             throttle.failed(addr, now)
@@ -1274,8 +1396,12 @@ class IngestStats:
 ###############################################################################
 
 #: How long a verified login is trusted without a look at the database: the most
-#: a change made by another process (`livestream-api client delete`) waits.
+#: a change made outside livestream-api (by hand, with sqlite3) waits. Changes made
+#: through it, in any process, void every remembered login at once.
 LOGIN_SECONDS = 2.0
+
+#: The most logins remembered (each keyed by a hash of its header: bounded bytes).
+LOGIN_CACHE_ENTRIES = 1024
 
 
 class Service:
@@ -1291,20 +1417,37 @@ class Service:
         self.started = time.monotonic()
         self.hook_secret = None
         self._next_stale_check = float('-inf')
-        #: Authorization header -> (client row, valid until): a verified login is
-        #: trusted for LOGIN_SECONDS, so most requests skip the SQL and the hash.
+        #: sha256(Authorization header) -> (client row, valid until, login_stamp()
+        #: when read): a verified login is trusted for LOGIN_SECONDS, so most requests
+        #: skip the SQL and the hash, unless a client changed since it was read.
         self.logins = {}
+        self._forgets = itertools.count()
+        self._forgotten = next(self._forgets)
         #: Session id -> when its next heartbeat may be written (heartbeat_due()).
         self.heartbeats = {}
         self.heartbeats_lock = threading.Lock()
 
-    def remember_login(self, header, client, now):
-        if len(self.logins) >= 1024:
+    def login_stamp(self):
+        """Taken before a client row is read: a login remembered under an older
+        stamp is not trusted (a client changed here, or in another process)."""
+        return self._forgotten, self.store.foreign_generation
+
+    def remembered_login(self, key, now):
+        """The client row remembered for this header's key, or None."""
+        entry = self.logins.get(key)
+        if entry and entry[1] > now and entry[2] == self.login_stamp():
+            return entry[0]
+        return None
+
+    def remember_login(self, key, client, now, stamp):
+        if len(self.logins) >= LOGIN_CACHE_ENTRIES:
             self.logins.clear()
-        self.logins[header] = (client, now + LOGIN_SECONDS)
+        self.logins[key] = (client, now + LOGIN_SECONDS, stamp)
 
     def forget_logins(self):
-        """After a client changes in this process, every login is checked afresh."""
+        """After a client changes in this process, every login is checked afresh,
+        including one being verified right now (its stamp is older)."""
+        self._forgotten = next(self._forgets)
         self.logins.clear()
 
     @property
@@ -1955,7 +2098,8 @@ def openapi_document():
     responses = {
         '400': _error('Malformed request: a body that is not a JSON object (for the hook: not '
                       'form data naming a known call), another Content-Type, an unknown, '
-                      'repeated or bad query parameter, or a cursor this API did not issue.',
+                      'repeated or bad query parameter, a cursor this API did not issue, or an '
+                      'Authorization header over 4,096 bytes.',
                       [EC_BAD_REQUEST]),
         '401': _error('Missing or wrong credentials.', [EC_UNAUTHORIZED],
                       header='WWW-Authenticate'),
