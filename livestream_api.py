@@ -468,6 +468,13 @@ class Store:
                        "role = 'admin', from_env = 1",
                        (new_public_id(), token_id, secret_hash, now))
 
+    def release_env_client(self):
+        """The environment names no admin: the token ids it named become ordinary
+        admin clients (rotatable, deletable). Returns those token ids."""
+        with self.transaction() as db:
+            return [row[0] for row in db.execute(
+                'UPDATE clients SET from_env = 0 WHERE from_env = 1 RETURNING token_id')]
+
     def list_clients(self, after, limit):
         with self.snapshot() as db:
             rows = db.execute('SELECT * FROM clients WHERE id < ? ORDER BY id DESC LIMIT ?',
@@ -2340,8 +2347,8 @@ def create_app(config=None, clock=time.time):
 
 
 def bootstrap_admin(app, environ, out=sys.stderr):
-    """Put the LIVE_TOKEN_ID / LIVE_TOKEN_SECRET admin in place; on a first start
-    without them, make an admin and print its credentials once."""
+    """Put the LIVE_TOKEN_ID / LIVE_TOKEN_SECRET admin in place. Without them, the one
+    named before is released; on a first start, make an admin and print it once."""
     svc = app.livestream
     token_id, secret = environ.get('LIVE_TOKEN_ID'), environ.get('LIVE_TOKEN_SECRET')
     if token_id or secret:
@@ -2349,7 +2356,12 @@ def bootstrap_admin(app, environ, out=sys.stderr):
             raise ConfigError('LIVE_TOKEN_ID and LIVE_TOKEN_SECRET must both be set, and the '
                               'id must not contain ":"')
         svc.store.put_env_client(token_id, hash_secret(secret), svc.clock())
-    elif svc.store.count_clients() == 0:
+        return
+    for released in svc.store.release_env_client():
+        log.info('LIVE_TOKEN_ID is no longer set: client %s, the environment admin until '
+                 'now, is an ordinary admin client (rotate or delete it through the API)',
+                 released)
+    if svc.store.count_clients() == 0:
         token_id, secret = new_token()
         svc.store.create_client('first admin', 'admin', token_id, hash_secret(secret),
                                 svc.clock())
@@ -2648,6 +2660,11 @@ def main(argv=None, environ=None):
             if client is None:
                 print('livestream-api: no client with token id %s' % args.token_id,
                       file=sys.stderr)
+                return 1
+            if client['from_env']:  # as the API answers: it would be back at the next start
+                print('livestream-api: client %s is defined by LIVE_TOKEN_ID / '
+                      'LIVE_TOKEN_SECRET; remove it there and restart serve, then delete it'
+                      % args.token_id, file=sys.stderr)
                 return 1
             if client['users'] and not args.force:
                 print('livestream-api: client owns %d users; pass --force to delete them too'
