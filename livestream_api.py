@@ -187,7 +187,8 @@ class DatabaseGone(sqlite3.DatabaseError):
 #: How long a cached read may miss a change made outside livestream-api (by hand).
 READ_CACHE_SECONDS = 1.0
 
-#: The most rows, and the most bytes of text in them, the read cache holds.
+#: The most rows the read cache holds, and the most bytes of memory they (and their
+#: keys) take.
 READ_CACHE_ROWS, READ_CACHE_BYTES = 1024, 8 * 1024 * 1024
 
 
@@ -566,9 +567,9 @@ class Store:
         'LEFT JOIN sessions s ON s.id = c.live_session_id ')
 
     def _cached_row(self, sql, args, channels=False):
-        """One row, served from memory until the next write transaction in this
-        process (a SQLite call costs a GIL hand-off under load), or for
-        READ_CACHE_SECONDS at most, for writes made by another process.
+        """One row, served from memory until the next write in this process or
+        another (catch_up()), as a SQLite call costs a GIL hand-off under load; for
+        READ_CACHE_SECONDS at most, for changes made by hand.
         channels=True: the row holds only channel objects and what they are made
         of, so only a write that can change one voids it."""
         now = time.monotonic()
@@ -578,7 +579,8 @@ class Store:
             return entry[0]
         generation = current  # read first: a write during the query voids the entry
         row = self.db.execute(sql, args).fetchone()
-        size = sum(len(value) for value in row or () if isinstance(value, str))
+        # Bytes in memory, not characters: one astral character takes 4.
+        size = sum(map(sys.getsizeof, (sql, row) + args + tuple(row or ())))
         if len(self._rows) >= READ_CACHE_ROWS or self._rows_bytes + size > READ_CACHE_BYTES:
             self._rows.clear()
             self._rows_bytes = 0

@@ -166,6 +166,18 @@ def test_remembered_logins_take_bounded_bytes_whatever_the_headers_size(app, adm
     assert all(isinstance(key, bytes) and len(key) == 32 for key in logins)
 
 
+def test_the_read_cache_counts_bytes_in_memory_not_characters(app, admin):
+    name = '\U0001d4d0' * 200  # 4 bytes each, in memory and in UTF-8
+    channel = admin.post_json('/v1/channels', {'userId': 'u', 'name': name,
+                                               'description': name * 10}).json['data']
+    store = app.livestream.store
+    store._rows.clear()
+    store._rows_bytes = 0
+    admin.get('/v1/channels/' + channel['id'])
+    # The row holds the name and description, and the channel object twice (JSON).
+    assert store._rows_bytes > 4 * 3 * len(name * 11)
+
+
 # Several processes on one database ###########################################
 
 def cli(db, *args):
