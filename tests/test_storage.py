@@ -180,6 +180,27 @@ def test_the_read_cache_counts_bytes_in_memory_not_characters(app, admin):
 
 # Several processes on one database ###########################################
 
+@pytest.mark.parametrize('wal_index', ['mapped', 'not mapped'])
+def test_a_commit_by_another_store_voids_every_cache_at_the_next_request(
+        app, admin, new_client, wal_index):
+    """Another Store on the same file is another process as far as caches go."""
+    store = app.livestream.store
+    if wal_index == 'not mapped':
+        store._shm = False  # as without a -shm file: catch_up() asks PRAGMA data_version
+    client = new_client()
+    channel = client.post_json('/v1/channels', {'userId': 'u', 'name': 'one'}).json['data']
+    assert client.get('/v1/channels/' + channel['id']).json['data']['enabled']  # cached
+    other = livestream_api.Store(store.path, 'rtmp://x/live', 'http://x/hls')
+    try:
+        row = other.channel(None, channel['id'])
+        other.update_channel(row['id'], {'enabled': False}, 0)
+        assert client.get('/v1/channels/' + channel['id']).json['data']['enabled'] is False
+        other.set_client_secret(other.client_by_token(client.client['tokenId'])['id'], b'x')
+        client.get('/v1/users', status=401)
+    finally:
+        other.close()
+
+
 def cli(db, *args):
     return subprocess.run([sys.executable, '-m', 'livestream_api', *args, '--db', str(db)],
                           cwd=str(REPO), env=server_env(), capture_output=True, text=True,
