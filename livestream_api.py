@@ -289,6 +289,7 @@ class Store:
     def _drop_connection(self, conn):
         """Close this thread's connection; its next use opens a new one."""
         self._local.conn = None
+        self._shm = None  # it may have been the last: see close()
         with self._connections_lock:
             self._connections.remove(conn)
         with contextlib.suppress(sqlite3.Error):
@@ -412,9 +413,7 @@ class Store:
 
     def close(self):
         """Checkpoint the WAL into the database file and close every connection."""
-        if self._shm:  # unmapped first: without connections, SQLite may truncate it
-            self._shm.close()
-        self._shm = None
+        self._shm = None  # mapped afresh after: SQLite may delete the -shm file unused
         with self._connections_lock:
             connections, self._connections = self._connections, []
         for conn in connections:
