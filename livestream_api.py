@@ -356,9 +356,7 @@ class Store:
         """A write transaction: committed on success, rolled back and re-raised on error.
         durable=False skips the fsync at commit (synchronous=NORMAL): for figures the
         ingest re-sends every update, which a crash cannot lose but power loss may.
-        channels=False: it changes no channel object (cached reads of them stand).
-        Each one that changes rows numbers itself in the `commits` setting, for
-        other processes' caches."""
+        channels=False: it changes no channel object (cached reads of them stand)."""
         db = self.db
         with self._write_lock:
             number, reopen = None, False
@@ -370,6 +368,7 @@ class Store:
                 db.execute('BEGIN IMMEDIATE')
                 changes = db.total_changes
                 yield db
+                # One that changed rows numbers itself, for other processes' caches.
                 numbered = db.total_changes != changes and db.execute(
                     "INSERT INTO settings (name, value) VALUES ('commits', 1) "
                     'ON CONFLICT (name) DO UPDATE SET value = value + 1 RETURNING value'
