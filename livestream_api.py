@@ -19,8 +19,10 @@ import hashlib
 import heapq
 import hmac
 import ipaddress
+import itertools
 import json
 import logging
+import mmap
 import os
 import queue
 import re
@@ -268,10 +270,15 @@ def _warn_if_readable_by_others(path):
                             'chmod 600 it', name, os.stat(name).st_mode & 0o777)
 
 
-#: How long a cached read may miss a write made by another process (the CLI).
+class DatabaseGone(sqlite3.DatabaseError):
+    """The database file was deleted or replaced under the running service."""
+
+
+#: How long a cached read may miss a change made outside livestream-api (by hand).
 READ_CACHE_SECONDS = 1.0
 
-#: The most rows, and the most bytes of text in them, the read cache holds.
+#: The most rows the read cache holds, and the most bytes of memory they (and their
+#: keys) take.
 READ_CACHE_ROWS, READ_CACHE_BYTES = 1024, 8 * 1024 * 1024
 
 
@@ -318,18 +325,47 @@ class Store:
         self.generation = 0
         #: ...and by every one that can change a channel object (not heartbeats).
         self.channels_generation = 0
+        #: Bumped when a commit by another process is noticed (every cache is void).
+        self.foreign_generation = 0
+        self._generation_lock = threading.Lock()  # the three counters move under it
+        #: The highest commit number (the `commits` setting) this process has
+        #: accounted for: written itself, or voided its caches for.
+        self._commits_seen = 0
+        self._commits_mark = None  # what catch_up() last saw move at a commit
+        self._shm = None  # the -shm file, mapped (_wal_header()); False: none
         self._rows = {}  # (sql, args) -> (row, generation read at, valid until)
         self._rows_bytes = 0
         _warn_if_readable_by_others(self.path)
+        self._file = None  # (st_dev, st_ino) of the database file, once opened
+        #: Why the database can no longer be used (see check_file()), or None.
+        self.gone = None
 
     @property
     def db(self):
         """This thread's connection, opened and configured on first use."""
         conn = getattr(self._local, 'conn', None)
         if conn is None:
+            conn = self._connect()
+            self._local.conn = conn
+            with self._connections_lock:
+                self._connections.append(conn)
+        return conn
+
+    def _connect(self):
+        """A configured connection to the database file. Only the first may create
+        it: a later one never puts a new empty database where the file was deleted."""
+        self.check_file()
+        if self._file is None:
             _create_private_database(self.path)
-            conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False,
-                                   timeout=10)
+        conn = sqlite3.connect('file:%s?mode=%s' % (urllib.parse.quote(self.path),
+                                                    'rw' if self._file else 'rwc'),
+                               uri=True, isolation_level=None, check_same_thread=False,
+                               timeout=10)
+        try:
+            if self._file is None:
+                stat = os.stat(self.path)
+                self._file = (stat.st_dev, stat.st_ino)
+            self.check_file()  # the file may have changed between the check and the open
             conn.row_factory = sqlite3.Row
             # FULL: a commit is on disk before the client hears 2xx, power loss included
             # (transaction(durable=False) relaxes it for ingest heartbeats).
@@ -337,10 +373,75 @@ class Store:
                                'PRAGMA busy_timeout = 10000; PRAGMA synchronous = FULL;')
             conn.execute('CREATE TEMP TABLE ingest AS SELECT ? AS rtmp_url, ? AS hls_url',
                          self._urls)
-            self._local.conn = conn
-            with self._connections_lock:
-                self._connections.append(conn)
+        except BaseException:
+            conn.close()
+            raise
         return conn
+
+    def _drop_connection(self, conn):
+        """Close this thread's connection; its next use opens a new one."""
+        self._local.conn = None
+        self._shm = None  # it may have been the last: see close()
+        with self._connections_lock:
+            self._connections.remove(conn)
+        with contextlib.suppress(sqlite3.Error):
+            conn.close()
+
+    def check_file(self):
+        """Raise DatabaseGone once the path no longer names the file this store
+        opened (deleted, or replaced by another): from then on, for good."""
+        if self.gone is None and self._file is not None:
+            try:
+                stat = os.stat(self.path)
+                now_names = 'a different file (device %d, inode %d)' % (stat.st_dev, stat.st_ino)
+                same = (stat.st_dev, stat.st_ino) == self._file
+            except (FileNotFoundError, NotADirectoryError):
+                now_names, same = 'nothing', False
+            if not same:
+                self.gone = ('the database file %s was deleted or replaced while in use '
+                             '(opened as device %d, inode %d; the path now names %s): writes '
+                             'are refused with 503 and nothing more is written to it; put '
+                             'the file back and restart' % ((self.path,) + self._file
+                                                            + (now_names,)))
+                log.error(self.gone)
+        if self.gone:
+            raise DatabaseGone(self.gone)
+
+    def _account_commits(self, number, own=False):
+        """Commits up to `number` were made; any this process did not make voids
+        every cache, remembered logins included (own: `number` is this process's)."""
+        with self._generation_lock:
+            if number - own > self._commits_seen:
+                self.generation += 1
+                self.channels_generation += 1
+                self.foreign_generation += 1
+            self._commits_seen = max(self._commits_seen, number)
+
+    def catch_up(self):
+        """At a request's start: void every cache if another process committed since
+        this one last looked. Cheap when nothing was committed: no SQLite call."""
+        db = self.db  # while a connection is open, SQLite keeps the -shm file whole
+        mark = self._wal_header()
+        if mark is None:  # no WAL index to look at: ask SQLite (a GIL hand-off)
+            mark = db.execute('PRAGMA data_version').fetchone()[0], threading.get_ident()
+        if mark == self._commits_mark:
+            return
+        # This process's commits move the mark too: the commit number tells whose.
+        row = db.execute("SELECT value FROM settings WHERE name = 'commits'").fetchone()
+        if row and int(row[0]) > self._commits_seen:
+            self._account_commits(int(row[0]))
+        self._commits_mark = mark  # last: a thread that finds it finds the caches voided
+
+    def _wal_header(self):
+        """SQLite's WAL-index header (the first 48 bytes of the -shm file, mapped
+        read-only), which every commit by any connection changes; None without one."""
+        if self._shm is None:
+            try:
+                with open(self.path + '-shm', 'rb') as shm:
+                    self._shm = mmap.mmap(shm.fileno(), 48, access=mmap.ACCESS_READ)
+            except (OSError, ValueError):
+                self._shm = False  # not in WAL mode (a file system without shared memory)
+        return self._shm[:48] if self._shm else None
 
     @contextlib.contextmanager
     def transaction(self, durable=True, channels=True):
@@ -350,22 +451,45 @@ class Store:
         channels=False: it changes no channel object (cached reads of them stand)."""
         db = self.db
         with self._write_lock:
-            if not durable:
-                db.execute('PRAGMA synchronous = NORMAL')
-            db.execute('BEGIN IMMEDIATE')
+            number, reopen = None, False
             try:
+                self.check_file()
+                # Inside the try: a BEGIN that fails must still restore FULL below.
+                if not durable:
+                    db.execute('PRAGMA synchronous = NORMAL')
+                db.execute('BEGIN IMMEDIATE')
+                changes = db.total_changes
                 yield db
+                # One that changed rows numbers itself, for other processes' caches.
+                numbered = db.total_changes != changes and db.execute(
+                    "INSERT INTO settings (name, value) VALUES ('commits', 1) "
+                    'ON CONFLICT (name) DO UPDATE SET value = value + 1 RETURNING value'
+                ).fetchall()
                 db.execute('COMMIT')
-            except BaseException:
+                number = int(numbered[0][0]) if numbered else None
+                # A commit into a file deleted meanwhile is lost: never acknowledge it.
+                self.check_file()
+            except BaseException as error:
                 if db.in_transaction:
                     db.execute('ROLLBACK')
+                if isinstance(error, sqlite3.Error):
+                    # A connection opened while the file was read-only (permissions, a
+                    # remount) stays read-only: the next request opens a new one.
+                    reopen = (getattr(error, 'sqlite_errorcode', 0) & 0xff
+                              == sqlite3.SQLITE_READONLY)
+                    self.check_file()  # SQLite fails a write to a deleted file as read-only
                 raise
             finally:
-                self.generation += 1
-                if channels:
-                    self.channels_generation += 1
+                with self._generation_lock:
+                    self.generation += 1
+                    if channels:
+                        self.channels_generation += 1
+                if number is not None:
+                    self._account_commits(number, own=True)
                 if not durable:
                     db.execute('PRAGMA synchronous = FULL')
+                if reopen:
+                    self._drop_connection(db)
 
     @contextlib.contextmanager
     def snapshot(self):
@@ -380,6 +504,7 @@ class Store:
 
     def close(self):
         """Checkpoint the WAL into the database file and close every connection."""
+        self._shm = None  # mapped afresh after: SQLite may delete the -shm file unused
         with self._connections_lock:
             connections, self._connections = self._connections, []
         for conn in connections:
@@ -400,7 +525,9 @@ class Store:
                 db.execute('PRAGMA user_version = %d' % version)
 
     def check(self):
-        """Raise sqlite3.Error unless the database can be read."""
+        """Raise sqlite3.Error unless the database can be read (DatabaseGone if its
+        file was deleted or replaced)."""
+        self.check_file()
         self.db.execute('SELECT count(*) FROM settings').fetchone()
 
     def size_bytes(self):
@@ -463,6 +590,13 @@ class Store:
                        "ON CONFLICT (token_id) DO UPDATE SET secret_hash = excluded.secret_hash, "
                        "role = 'admin', from_env = 1",
                        (new_public_id(), token_id, secret_hash, now))
+
+    def release_env_client(self):
+        """The environment names no admin: the token ids it named become ordinary
+        admin clients (rotatable, deletable). Returns those token ids."""
+        with self.transaction() as db:
+            return [row[0] for row in db.execute(
+                'UPDATE clients SET from_env = 0 WHERE from_env = 1 RETURNING token_id')]
 
     def list_clients(self, after, limit):
         with self.snapshot() as db:
@@ -560,9 +694,9 @@ class Store:
         'LEFT JOIN sessions s ON s.id = c.live_session_id ')
 
     def _cached_row(self, sql, args, channels=False):
-        """One row, served from memory until the next write transaction in this
-        process (a SQLite call costs a GIL hand-off under load), or for
-        READ_CACHE_SECONDS at most, for writes made by another process.
+        """One row, served from memory until the next write in this process or
+        another (catch_up()), as a SQLite call costs a GIL hand-off under load; for
+        READ_CACHE_SECONDS at most, for changes made by hand.
         channels=True: the row holds only channel objects and what they are made
         of, so only a write that can change one voids it."""
         now = time.monotonic()
@@ -572,7 +706,8 @@ class Store:
             return entry[0]
         generation = current  # read first: a write during the query voids the entry
         row = self.db.execute(sql, args).fetchone()
-        size = sum(len(value) for value in row or () if isinstance(value, str))
+        # Bytes in memory, not characters: one astral character takes 4.
+        size = sum(map(sys.getsizeof, (sql, row) + args + tuple(row or ())))
         if len(self._rows) >= READ_CACHE_ROWS or self._rows_bytes + size > READ_CACHE_BYTES:
             self._rows.clear()
             self._rows_bytes = 0
@@ -955,6 +1090,9 @@ def error_body(error):
     response.content_type = 'application/json'
     if isinstance(error, ApiError):
         ec, msg, data = error.ec, error.msg, error.data
+    elif isinstance(error.exception, DatabaseGone):  # check_file() logged what happened
+        response.status = 503
+        ec, msg, data = EC_INTERNAL, 'database unavailable; the server log says why', None
     elif error.status_code >= 500:
         if error.exception is not None:
             log.error('unhandled error on %s %s\n%s', bottle.request.method,
@@ -1035,6 +1173,10 @@ def _basic_credentials(header):
 #: A hash compared when the token id is unknown, so both failures cost the same.
 _NO_SUCH_SECRET = hash_secret(secrets.token_hex(32))
 
+#: Longer Authorization headers are refused (400) before any work: a Basic header
+#: for our token ids and secrets is under 200 bytes.
+MAX_AUTHORIZATION_BYTES = 4096
+
 #: Paths that need no API token (the hooks carry their own secret).
 PUBLIC_PATHS = re.compile(r'^/v1/(health|openapi\.json|hooks/.*)$')
 
@@ -1065,20 +1207,27 @@ def authenticate(app):
     """The before-request hook: who is calling. It runs before routing, so an
     unauthenticated caller learns nothing, not even which methods a path allows."""
     request = bottle.request
+    svc = app.livestream
+    if request.path != '/v1/health':  # it reads no cache, and answers a broken database
+        svc.store.catch_up()  # every other request, hooks too, sees other processes' commits
     if PUBLIC_PATHS.match(request.path):
         return
-    store, throttle = app.livestream.store, app.livestream.throttle
+    store, throttle = svc.store, svc.throttle
     header = request.environ.get('HTTP_AUTHORIZATION')
-    addr = client_addr(request.environ, app.livestream.config['server']['trusted_proxies'])
+    if header is not None and len(header) > MAX_AUTHORIZATION_BYTES:
+        raise bad_request('the Authorization header is over %d bytes' % MAX_AUTHORIZATION_BYTES)
+    addr = client_addr(request.environ, svc.config['server']['trusted_proxies'])
     now = time.monotonic()
     if header is not None:
         wait = throttle.held_for(addr, now)
         if wait:
             raise on_hold(wait)
-    remembered = app.livestream.logins.get(header)
-    if remembered and remembered[1] > now:
-        client, secret_ok = remembered[0], True
+    key = header and hashlib.sha256(header.encode('utf-8', 'surrogateescape')).digest()
+    client = key and svc.remembered_login(key, now)
+    if client:
+        secret_ok = True
     else:
+        stamp = svc.login_stamp()
         credentials = header is not None and _basic_credentials(header)
         # An unknown id reads another client's row and compares its hash (which cannot
         # let it in: `known` is false), so it costs what a wrong secret costs.
@@ -1088,7 +1237,7 @@ def authenticate(app):
                                         row['secret_hash'] if row else _NO_SUCH_SECRET)
         client = row if known else None
         if secret_ok and client:
-            app.livestream.remember_login(header, client, now)
+            svc.remember_login(key, client, now, stamp)
     if not (secret_ok and client):  # secret_ok first: both failures stop at it alike
         wait = header is not None and throttle.failed(addr, now)
         if wait:
@@ -1564,8 +1713,12 @@ class NginxRtmpKicker(Kicker):
 ###############################################################################
 
 #: How long a verified login is trusted without a look at the database: the most
-#: a change made by another process (`livestream-api client delete`) waits.
+#: a change made outside livestream-api (by hand, with sqlite3) waits. Changes made
+#: through it, in any process, void every remembered login at once.
 LOGIN_SECONDS = 2.0
+
+#: The most logins remembered (each keyed by a hash of its header: bounded bytes).
+LOGIN_CACHE_ENTRIES = 1024
 
 
 class Service:
@@ -1584,20 +1737,37 @@ class Service:
         self.started = time.monotonic()
         self.hook_secret = None
         self._next_stale_check = float('-inf')
-        #: Authorization header -> (client row, valid until): a verified login is
-        #: trusted for LOGIN_SECONDS, so most requests skip the SQL and the hash.
+        #: sha256(Authorization header) -> (client row, valid until, login_stamp()
+        #: when read): a verified login is trusted for LOGIN_SECONDS, so most requests
+        #: skip the SQL and the hash, unless a client changed since it was read.
         self.logins = {}
+        self._forgets = itertools.count()
+        self._forgotten = next(self._forgets)
         #: Session id -> when its next heartbeat may be written (heartbeat_due()).
         self.heartbeats = {}
         self.heartbeats_lock = threading.Lock()
 
-    def remember_login(self, header, client, now):
-        if len(self.logins) >= 1024:
+    def login_stamp(self):
+        """Taken before a client row is read: a login remembered under an older
+        stamp is not trusted (a client changed here, or in another process)."""
+        return self._forgotten, self.store.foreign_generation
+
+    def remembered_login(self, key, now):
+        """The client row remembered for this header's key, or None."""
+        entry = self.logins.get(key)
+        if entry and entry[1] > now and entry[2] == self.login_stamp():
+            return entry[0]
+        return None
+
+    def remember_login(self, key, client, now, stamp):
+        if len(self.logins) >= LOGIN_CACHE_ENTRIES:
             self.logins.clear()
-        self.logins[header] = (client, now + LOGIN_SECONDS)
+        self.logins[key] = (client, now + LOGIN_SECONDS, stamp)
 
     def forget_logins(self):
-        """After a client changes in this process, every login is checked afresh."""
+        """After a client changes in this process, every login is checked afresh,
+        including one being verified right now (its stamp is older)."""
+        self._forgotten = next(self._forgets)
         self.logins.clear()
 
     def kick(self, ended):
@@ -2359,7 +2529,8 @@ def openapi_document():
     responses = {
         '400': _error('Malformed request: a body that is not a JSON object (for the hook: not '
                       'form data naming a known call), another Content-Type, an unknown, '
-                      'repeated or bad query parameter, or a cursor this API did not issue.',
+                      'repeated or bad query parameter, a cursor this API did not issue, or an '
+                      'Authorization header over 4,096 bytes.',
                       [EC_BAD_REQUEST]),
         '401': _error('Missing or wrong credentials.', [EC_UNAUTHORIZED],
                       header='WWW-Authenticate'),
@@ -2603,9 +2774,9 @@ def create_app(config=None, clock=time.time):
 
 
 def bootstrap_admin(app, environ, out=sys.stderr):
-    """Put the LIVE_TOKEN_ID / LIVE_TOKEN_SECRET admin in place; on a first start
-    without them, make an admin and show its credentials once (on a terminal, else
-    in a 0600 file beside the database)."""
+    """Put the LIVE_TOKEN_ID / LIVE_TOKEN_SECRET admin in place. Without them, the one
+    named before is released; on a first start, make an admin and show its credentials
+    once (on a terminal, else in a 0600 file beside the database)."""
     svc = app.livestream
     token_id, secret = environ.get('LIVE_TOKEN_ID'), environ.get('LIVE_TOKEN_SECRET')
     if token_id or secret:
@@ -2616,7 +2787,12 @@ def bootstrap_admin(app, environ, out=sys.stderr):
             raise ConfigError('LIVE_TOKEN_SECRET must be at least 16 characters (make one '
                               'with: python3 -c "import secrets; print(secrets.token_urlsafe())")')
         svc.store.put_env_client(token_id, hash_secret(secret), svc.clock())
-    elif svc.store.count_clients() == 0:
+        return
+    for released in svc.store.release_env_client():
+        log.info('LIVE_TOKEN_ID is no longer set: client %s, the environment admin until '
+                 'now, is an ordinary admin client (rotate or delete it through the API)',
+                 released)
+    if svc.store.count_clients() == 0:
         token_id, secret = new_token()
         svc.store.create_client('first admin', 'admin', token_id, hash_secret(secret),
                                 svc.clock())
@@ -3287,6 +3463,11 @@ def main(argv=None, environ=None):
             if client is None:
                 print('livestream-api: no client with id or token id %s' % args.client,
                       file=sys.stderr)
+                return 1
+            if client['from_env']:  # as the API answers: it would be back at the next start
+                print('livestream-api: client %s is defined by LIVE_TOKEN_ID / '
+                      'LIVE_TOKEN_SECRET; remove it there and restart serve, then delete it'
+                      % args.token_id, file=sys.stderr)
                 return 1
             if client['users'] and not args.force:
                 print('livestream-api: client owns %d users; pass --force to delete them too'

@@ -242,6 +242,31 @@ def test_first_start_with_environment_admin_prints_nothing(tmp_path):
     assert printed == ''
 
 
+def test_a_start_without_the_environment_admin_makes_it_an_ordinary_admin(tmp_path, caplog):
+    start(tmp_path, {'LIVE_TOKEN_ID': 'ops', 'LIVE_TOKEN_SECRET': 's'})
+    with caplog.at_level('INFO', logger='livestream'):
+        test_app, printed = start(tmp_path, {})
+    assert printed == ''  # the database has an admin: none is made
+    assert 'LIVE_TOKEN_ID is no longer set: client ops' in caplog.text
+    test_app.authorization = ('Basic', ('ops', 's'))
+    [ops] = test_app.get('/v1/clients').json['data']['items']
+    assert ops['fromEnvironment'] is False
+    other = test_app.post_json('/v1/clients', {'name': 'next', 'role': 'admin'}).json['data']
+    test_app.post('/v1/clients/ops/rotate', status=200)
+    test_app.authorization = ('Basic', (other['tokenId'], other['tokenSecret']))
+    test_app.delete('/v1/clients/ops', status=204)
+
+
+def test_the_cli_refuses_to_delete_the_environment_admin(tmp_path, capsys):
+    start(tmp_path, {'LIVE_TOKEN_ID': 'ops', 'LIVE_TOKEN_SECRET': 's'})
+    db = str(tmp_path / 'live.db')
+    assert livestream_api.main(['client', 'delete', 'ops', '--db', db], environ={}) == 1
+    assert 'defined by LIVE_TOKEN_ID' in capsys.readouterr().err
+    with sqlite3.connect(db) as raw:
+        assert raw.execute("SELECT from_env FROM clients WHERE token_id = 'ops'").fetchone() \
+            == (1,)
+
+
 def test_a_token_the_environment_no_longer_names_becomes_an_ordinary_admin(make_app):
     test_app, app = make_app()
     livestream_api.bootstrap_admin(app, {'LIVE_TOKEN_ID': 'second-admin',
