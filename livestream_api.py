@@ -3467,7 +3467,7 @@ def main(argv=None, environ=None):
             if client['from_env']:  # as the API answers: it would be back at the next start
                 print('livestream-api: client %s is defined by LIVE_TOKEN_ID / '
                       'LIVE_TOKEN_SECRET; remove it there and restart serve, then delete it'
-                      % args.token_id, file=sys.stderr)
+                      % args.client, file=sys.stderr)
                 return 1
             if client['users'] and not args.force:
                 print('livestream-api: client owns %d users; pass --force to delete them too'

@@ -243,12 +243,12 @@ def test_first_start_with_environment_admin_prints_nothing(tmp_path):
 
 
 def test_a_start_without_the_environment_admin_makes_it_an_ordinary_admin(tmp_path, caplog):
-    start(tmp_path, {'LIVE_TOKEN_ID': 'ops', 'LIVE_TOKEN_SECRET': 's'})
+    start(tmp_path, {'LIVE_TOKEN_ID': 'ops', 'LIVE_TOKEN_SECRET': OPS_SECRET})
     with caplog.at_level('INFO', logger='livestream'):
         test_app, printed = start(tmp_path, {})
     assert printed == ''  # the database has an admin: none is made
     assert 'LIVE_TOKEN_ID is no longer set: client ops' in caplog.text
-    test_app.authorization = ('Basic', ('ops', 's'))
+    test_app.authorization = ('Basic', ('ops', OPS_SECRET))
     [ops] = test_app.get('/v1/clients').json['data']['items']
     assert ops['fromEnvironment'] is False
     other = test_app.post_json('/v1/clients', {'name': 'next', 'role': 'admin'}).json['data']
@@ -258,7 +258,7 @@ def test_a_start_without_the_environment_admin_makes_it_an_ordinary_admin(tmp_pa
 
 
 def test_the_cli_refuses_to_delete_the_environment_admin(tmp_path, capsys):
-    start(tmp_path, {'LIVE_TOKEN_ID': 'ops', 'LIVE_TOKEN_SECRET': 's'})
+    start(tmp_path, {'LIVE_TOKEN_ID': 'ops', 'LIVE_TOKEN_SECRET': OPS_SECRET})
     db = str(tmp_path / 'live.db')
     assert livestream_api.main(['client', 'delete', 'ops', '--db', db], environ={}) == 1
     assert 'defined by LIVE_TOKEN_ID' in capsys.readouterr().err

@@ -129,7 +129,7 @@ def test_a_login_checked_while_its_client_is_revoked_is_not_remembered(
     client = new_client()
     svc = app.livestream
     store = svc.store
-    read_row = store.client_by_token
+    read_row = store.client_for_login
 
     def revoked_right_after_the_read(token_id):
         row = read_row(token_id)
@@ -141,13 +141,13 @@ def test_a_login_checked_while_its_client_is_revoked_is_not_remembered(
         svc.forget_logins()
         return row
 
-    monkeypatch.setattr(store, 'client_by_token', revoked_right_after_the_read)
+    monkeypatch.setattr(store, 'client_for_login', revoked_right_after_the_read)
     client.get('/v1/users')  # it started before the revocation: it may pass
     client.get('/v1/users', status=401)
 
 
 def test_an_authorization_header_over_4_kb_is_400_before_any_work(app, admin, monkeypatch):
-    monkeypatch.setattr(app.livestream.store, 'client_by_token', None)  # never reached
+    monkeypatch.setattr(app.livestream.store, 'client_for_login', None)  # never reached
     header = basic(ADMIN[0], ADMIN[1] + 'x' * 4096)
     response = admin.get('/v1/users', headers={'Authorization': header}, status=400)
     assert response.json['ec'] == 1
