@@ -372,9 +372,14 @@ class Store:
             return db.execute('UPDATE clients SET secret_hash = ? WHERE id = ?',
                               (secret_hash, client_pk)).rowcount > 0
 
-    def delete_client(self, client_pk, now):
-        """Delete a client with its users and channels, ending their live sessions."""
+    def delete_client(self, client_pk, now, force):
+        """Delete a client (with `force`, its users and channels too, ending their live
+        sessions). None when done; else the users it still owns, checked in the
+        delete's own transaction, so a user created meanwhile is never lost."""
         with self.transaction() as db:
+            users = db.execute('SELECT users FROM clients WHERE id = ?', (client_pk,)).fetchone()
+            if users and users[0] and not force:
+                return users[0]
             self._end_live_sessions(db, 'client_id = ?', (client_pk,), 'channel_deleted', now)
             db.execute('DELETE FROM channels WHERE client_id = ?', (client_pk,))
             db.execute('DELETE FROM users WHERE client_id = ?', (client_pk,))
@@ -433,8 +438,14 @@ class Store:
                            tuple(values.values()) + (now, user_pk))
             return self.user(client_pk, user_id), created  # this thread's db: sees the write
 
-    def delete_user(self, user_pk, now):
+    def delete_user(self, user_pk, now, force):
+        """Delete a user (with `force`, its channels too, ending their live sessions).
+        None when done; else its channels, checked in the delete's own transaction."""
         with self.transaction() as db:
+            channels = db.execute('SELECT channels FROM users WHERE id = ?',
+                                  (user_pk,)).fetchone()
+            if channels and channels[0] and not force:
+                return channels[0]
             self._end_live_sessions(db, 'user_pk = ?', (user_pk,), 'channel_deleted', now)
             db.execute('DELETE FROM channels WHERE user_pk = ?', (user_pk,))
             db.execute('DELETE FROM users WHERE id = ?', (user_pk,))
@@ -1396,11 +1407,11 @@ def delete_client(token_id):
     client = _client(token_id)
     force = force_param(query({'force'}))
     _refuse_env_client(client, 'remove')
-    if client['users'] and not force:
-        raise ApiError(409, EC_CONFLICT, 'client still owns %d users; delete them first or '
-                       'pass ?force=true' % client['users'], {'users': client['users']})
     svc = service()
-    svc.store.delete_client(client['id'], svc.clock())
+    users = svc.store.delete_client(client['id'], svc.clock(), force)
+    if users:
+        raise ApiError(409, EC_CONFLICT, 'client still owns %d users; delete them first or '
+                       'pass ?force=true' % users, {'users': users})
     svc.forget_logins()
     return envelope(None, 204)
 
@@ -1486,11 +1497,11 @@ def delete_user(user_id):
     """DELETE /v1/users/{userId}: refused while it has channels, unless ?force=true."""
     user = _existing_user(user_id)
     force = force_param(query({'clientId', 'force'}))
-    if user['channels'] and not force:
-        raise ApiError(409, EC_CONFLICT, 'user still has %d channels; delete them first or '
-                       'pass ?force=true' % user['channels'], {'channels': user['channels']})
     svc = service()
-    svc.store.delete_user(user['id'], svc.clock())
+    channels = svc.store.delete_user(user['id'], svc.clock(), force)
+    if channels:
+        raise ApiError(409, EC_CONFLICT, 'user still has %d channels; delete them first or '
+                       'pass ?force=true' % channels, {'channels': channels})
     return envelope(None, 204)
 
 
@@ -2505,11 +2516,11 @@ def main(argv=None, environ=None):
                 print('livestream-api: no client with token id %s' % args.token_id,
                       file=sys.stderr)
                 return 1
-            if client['users'] and not args.force:
+            users = store.delete_client(client['id'], time.time(), args.force)
+            if users:
                 print('livestream-api: client owns %d users; pass --force to delete them too'
-                      % client['users'], file=sys.stderr)
+                      % users, file=sys.stderr)
                 return 1
-            store.delete_client(client['id'], time.time())
             print('deleted %s' % args.token_id)
     finally:
         store.close()
