@@ -496,35 +496,42 @@ class Store:
         as a JSON array, whether more follow, the next page's `after`, the total)."""
         where, args = [], []
         # `+` keeps the planner off channels_by_client where a sharper index exists
-        # (the user's channels, the live ones, the name index; each filter is an
-        # IN or = the planner drives from), so no filter walks a client's channels.
-        sharper = (user_id is not None and client_pk) or status == 'live' or len(q or '') >= 3
+        # (the user's channels, the live ones, the disabled ones, the name index; each
+        # filter is an IN or = the planner drives from), so no filter walks a client's
+        # channels.
+        sharper = user_id is not None or status in ('live', 'disabled') or q
         if client_pk:
             where.append('+c.client_id = ?' if sharper else 'c.client_id = ?')
             args.append(client_pk)
-        if user_id is not None and client_pk:
-            where.append('c.user_pk = (SELECT id FROM users WHERE client_id = ? AND user_id = ?)')
-            args += [client_pk, user_id]
-        elif user_id is not None:
-            where.append('u.user_id = ?')
-            args.append(user_id)
+        if user_id is not None:
+            where.append('c.user_pk IN (SELECT id FROM users WHERE user_id = ?%s)'
+                         % (' AND client_id = ?' if client_pk else ''))
+            args += [user_id, client_pk] if client_pk else [user_id]
         if status == 'live':
             where.append('c.id IN (SELECT id FROM channels WHERE live_session_id > 0)')
         elif status == 'idle':
             where.append('c.live_session_id IS NULL AND c.enabled = 1')
         elif status == 'disabled':
-            where.append('c.enabled = 0')
-        if q and len(q) >= 3:  # trigrams need three characters; instr() below decides
-            where.append('c.id IN (SELECT rowid FROM channel_names WHERE channel_names MATCH ?)')
-            args.append('"%s"' % q.replace('"', '""'))
-        if q:  # LIKE's case rule (ASCII only), without LIKE's re-prepare at every bind
-            where.append('instr(lower(c.name), lower(?))')
-            args.append(q)
+            where.append('c.id IN (SELECT id FROM channels WHERE enabled = 0%s)'
+                         % (' AND client_id = ?' if client_pk else ''))
+            args += [client_pk] if client_pk else []
+        if q:  # the trigram index finds candidates (q has 3+ characters: list_channels()),
+            # then instr() applies LIKE's case rule (A-Z only), without LIKE's re-prepare
+            where.append('c.id IN (SELECT rowid FROM channel_names WHERE channel_names MATCH ?) '
+                         'AND instr(lower(c.name), lower(?))')
+            args += ['"%s"' % q.replace('"', '""'), q]
         filters = ' AND '.join(where) or '1'
-        if user_id is None and status is None and not q:  # the counter the triggers keep
-            total_sql = ('(SELECT coalesce(sum(channels), 0) FROM clients%s)'
-                         % (' WHERE id = ?' if client_pk else ''))
+        owner = ' WHERE id = ?' if client_pk else ''
+        if user_id is None and status in (None, 'idle') and not q:
+            # From the counters the triggers keep; a disabled channel is never live,
+            # so the idle ones are the rest, less the disabled (channels_disabled).
+            total_sql = '(SELECT coalesce(sum(channels), 0) FROM clients%s)' % owner
             total_args = args[:1]
+            if status == 'idle':
+                total_sql = ('(SELECT coalesce(sum(channels - live_channels), 0) FROM clients%s)'
+                             ' - (SELECT count(*) FROM channels WHERE enabled = 0%s)'
+                             % (owner, ' AND client_id = ?' if client_pk else ''))
+                total_args = args[:1] * 2
         else:
             total_sql = ('(SELECT count(*) FROM channels c JOIN users u ON u.id = c.user_pk '
                          'WHERE %s)' % filters)
@@ -1541,6 +1548,10 @@ def create_channel():
     return envelope(_render_channel(channel), 201)
 
 
+#: The shortest name search (the name index is of trigrams).
+MIN_Q = 3
+
+
 def list_channels():
     """GET /v1/channels: newest first, filtered by userId, status and q."""
     client_pk = owner(for_list=True)
@@ -1549,8 +1560,10 @@ def list_channels():
     if status not in (None, 'idle', 'live', 'disabled'):
         raise bad_request('status must be idle, live or disabled')
     q = params.getunicode('q')
-    if q is not None and (len(q) > 200 or CONTROL_CHARS.search(q)):
-        raise bad_request('q must be at most 200 characters, with no control characters')
+    if q is not None and (not MIN_Q <= len(q) <= 200 or CONTROL_CHARS.search(q)):
+        # Under 3 characters the trigram index cannot help: every name would be read.
+        raise bad_request('q must be %d to 200 characters, with no control characters'
+                          % MIN_Q)
     user_id = params.get('userId')
     if user_id is not None and not USER_ID.match(user_id):
         raise bad_request('userId must be 1-64 characters of A-Z a-z 0-9 _ . -')
@@ -2083,7 +2096,8 @@ def openapi_document():
           {'200': _success('A page of channels', _list_of(ref('Channel')))}, '404', page + [
               client_id, query_param('userId', user_id, "Only this user's channels."),
               query_param('status', status, 'Only channels in this status.'),
-              query_param('q', search, 'Name contains this.')])
+              query_param('q', dict(search, minLength=MIN_Q), 'Name contains this (at least '
+                          '%d characters; shorter is a 400).' % MIN_Q)])
     route('GET', '/v1/channels/{channelId}', get_channel, 'A channel', the_channel, '404',
           [channel])
     route('PUT', '/v1/channels/{channelId}', put_channel, "Replace a channel's fields (left "

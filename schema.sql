@@ -164,3 +164,9 @@ CREATE TRIGGER IF NOT EXISTS channel_name_changed AFTER UPDATE OF name ON channe
     INSERT INTO channel_names (rowid, name) VALUES (NEW.id, NEW.name);
 END;
 INSERT INTO channel_names (channel_names) VALUES ('rebuild');
+
+-- migration: 3
+-- Channel lists that must not walk a client's (or every) channel: an admin's
+-- ?userId= finds the users by name, ?status=disabled walks only the disabled.
+CREATE INDEX IF NOT EXISTS users_by_user_id ON users (user_id);
+CREATE INDEX IF NOT EXISTS channels_disabled ON channels (client_id, id) WHERE enabled = 0;
