@@ -1,0 +1,179 @@
+"""Force deletes: the client or user vanishes at once (credentials, reads, hooks,
+totals), and the purge worker deletes the rest in small batches, driven here by
+direct run_once() calls; the CLI finishes the purge itself."""
+
+import pathlib
+import sqlite3
+import sys
+
+import pytest
+
+import livestream_api
+from conftest import ADMIN
+from ingest_support import make_channel, publish, update
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent / 'bench'))
+import seed as seeding  # noqa: E402  (its counter checks: every counter against its rows)
+
+
+@pytest.fixture
+def store(app):
+    """The app's store, with purge batches of a few rows, so every path takes several."""
+    store = app.livestream.store
+    store.PURGE_CHANNELS, store.PURGE_SESSIONS, store.PURGE_USERS = 2, 3, 1
+    return store
+
+
+def rows(app, sql, *args):
+    with sqlite3.connect(app.livestream.config['database']['path']) as db:
+        return db.execute(sql, args).fetchone()[0]
+
+
+def purge(app):
+    """run_once() until the worker says it is done; how many calls it took."""
+    calls = 1
+    while app.livestream.purger.run_once():
+        calls += 1
+        assert calls < 1000, 'the purge does not end'
+    return calls
+
+
+#: What a measured update_publish records (Store.record_sample).
+METRICS = {'bytesIn': 125000, 'bitrateKbps': 1000.0, 'viewers': 2, 'video': None, 'audio': None}
+
+
+def broadcast(hook, store, clock, channel, times=1):
+    """`times` ended broadcasts on the channel, each with two samples, then one left live."""
+    for number in range(times + 1):
+        assert publish(hook, channel).status_int == 200
+        session_id = store.ingest_channel(channel['id'])['live_session_id']
+        for _ in range(2):
+            clock.advance(5)
+            store.record_sample(session_id, clock(), METRICS)
+        if number < times:
+            assert hook('publish_done', channel['id'], clientid='1').status_int == 200
+
+
+@pytest.fixture
+def doomed(store, new_client, hook, clock):
+    """An app client with users ann and bob, two channels each, sessions with samples,
+    and one live channel each."""
+    client = new_client(name='doomed')
+    for user_id in ('ann', 'bob'):
+        client.put_json('/v1/users/' + user_id, {'limits': {'maxLiveChannels': None}})
+    channels = [make_channel(client, user_id) for user_id in ('ann', 'ann', 'bob', 'bob')]
+    broadcast(hook, store, clock, channels[0], times=4)  # more sessions than a batch
+    broadcast(hook, store, clock, channels[2])
+    client.pk = store.client_by_token(client.client['tokenId'])['id']
+    client.channels = channels
+    return client
+
+
+def test_force_deleted_client_vanishes_at_once_and_is_purged(app, store, admin, doomed,
+                                                             new_client, hook):
+    survivor = new_client(name='survivor')
+    kept = make_channel(survivor, 'carl')
+    before = admin.get('/v1/stats').json['data']
+    live = doomed.channels[0]
+    admin.delete('/v1/clients/%s?force=true' % doomed.client['tokenId'], status=204)
+
+    # At once: its credentials fail, its resources 404, lists and totals leave it out,
+    # and the ingest refuses its streams.
+    doomed.get('/v1/channels', status=401)
+    for channel in doomed.channels:
+        admin.get('/v1/channels/' + channel['id'], status=404)
+    admin.get('/v1/users/ann?clientId=' + doomed.client['id'], status=404)
+    listed = {item['id'] for item in admin.get('/v1/channels?limit=100').json['data']['items']}
+    assert kept['id'] in listed and not listed & {channel['id'] for channel in doomed.channels}
+    listing = admin.get('/v1/channels?clientId=' + survivor.client['id']).json['data']
+    assert listing['total'] == 1
+    assert doomed.client['tokenId'] not in [
+        item['tokenId'] for item in admin.get('/v1/clients').json['data']['items']]
+    after = admin.get('/v1/stats').json['data']
+    assert after['channels'] == before['channels'] - 4
+    assert after['users'] == before['users'] - 2
+    assert after['liveChannels'] == before['liveChannels'] - 2
+    assert update(hook, live).status_int == 403
+    assert publish(hook, live).status_int == 403
+    # The rows are still there, hidden: the request did not delete them.
+    assert rows(app, 'SELECT count(*) FROM channels WHERE client_id = ?', doomed.pk) == 4
+
+    calls = purge(app)
+    assert calls > 5  # in small batches
+    for table, column in (('channels', 'client_id'), ('users', 'client_id'),
+                          ('clients', 'id')):
+        assert rows(app, 'SELECT count(*) FROM %s WHERE %s = ?' % (table, column),
+                    doomed.pk) == 0, table
+    assert rows(app, 'SELECT count(*) FROM sessions WHERE channel_id NOT IN '
+                '(SELECT id FROM channels)') == 0
+    assert rows(app, 'SELECT count(*) FROM session_samples') == 0
+    assert seeding.check_counters(app.livestream.config['database']['path']) == []
+    assert admin.get('/v1/stats').json['data'] == after
+    admin.get('/v1/channels/' + kept['id'], status=200)
+
+
+def test_force_deleted_user_vanishes_at_once_and_is_purged(app, store, doomed, admin, hook):
+    ann_channels, bob_channels = doomed.channels[:2], doomed.channels[2:]
+    before = doomed.get('/v1/stats').json['data']
+    doomed.delete('/v1/users/ann?force=true', status=204)
+
+    doomed.get('/v1/users/ann', status=404)
+    for channel in ann_channels:
+        doomed.get('/v1/channels/' + channel['id'], status=404)
+        admin.get('/v1/channels/' + channel['id'], status=404)
+    assert publish(hook, ann_channels[1]).status_int == 403
+    listing = doomed.get('/v1/channels').json['data']
+    assert sorted(item['id'] for item in listing['items']) == \
+        sorted(channel['id'] for channel in bob_channels)
+    assert listing['total'] == 2
+    assert doomed.get('/v1/channels?status=idle').json['data']['total'] == 1
+    stats = doomed.get('/v1/stats').json['data']
+    assert (stats['users'], stats['channels'], stats['liveChannels'], stats['sessions']) == \
+        (1, 2, 1, before['sessions'] - 5)
+    assert [user['userId'] for user in doomed.get('/v1/users').json['data']['items']] == ['bob']
+    # The name is free at once: a new ann starts empty.
+    doomed.put_json('/v1/users/ann', {}, status=201)
+    assert doomed.get('/v1/users/ann').json['data']['usage'] == {'channels': 0,
+                                                                 'liveChannels': 0}
+
+    purge(app)
+    assert rows(app, 'SELECT count(*) FROM users WHERE deleted_at IS NOT NULL') == 0
+    assert rows(app, 'SELECT count(*) FROM channels WHERE client_id = ?', doomed.pk) == 2
+    assert seeding.check_counters(app.livestream.config['database']['path']) == []
+    assert doomed.get('/v1/stats').json['data'] == dict(stats, users=2)
+
+
+def test_a_delete_without_force_of_a_client_whose_users_are_purging(app, store, doomed, admin):
+    for user_id in ('ann', 'bob'):
+        doomed.delete('/v1/users/%s?force=true' % user_id, status=204)
+    admin.delete('/v1/clients/' + doomed.client['tokenId'], status=204)
+    purge(app)
+    assert rows(app, 'SELECT count(*) FROM clients WHERE id = ?', doomed.pk) == 0
+    assert rows(app, 'SELECT count(*) FROM channels') == 0
+
+
+def test_create_for_a_force_deleted_client_is_404(app, store, doomed, admin):
+    doomed_admin_view = '/v1/channels?clientId=' + doomed.client['id']
+    admin.delete('/v1/clients/%s?force=true' % doomed.client['tokenId'], status=204)
+    # A request that authenticated before the delete: its client is gone.
+    assert store.create_channel(doomed.pk, 'ann', {'name': 'late'},
+                                app.livestream.default_limits, 0) == (None, None)
+    admin.get(doomed_admin_view, status=404)
+
+
+def test_cli_force_delete_finishes_the_purge(app, doomed, tmp_path, capsys):
+    path = app.livestream.config['database']['path']
+    status = livestream_api.main(['client', 'delete', doomed.client['tokenId'], '--force',
+                                  '--db', path], {})
+    assert status == 0
+    for table in ('channels', 'users', 'sessions', 'session_samples'):
+        assert rows(app, 'SELECT count(*) FROM %s' % table) == 0, table
+    assert rows(app, 'SELECT count(*) FROM clients') == 1  # the environment's admin
+
+
+def test_environment_admin_deleted_by_the_cli_comes_back_at_the_next_start(app):
+    path = app.livestream.config['database']['path']
+    assert livestream_api.main(['client', 'delete', ADMIN[0], '--db', path], {}) == 0
+    livestream_api.bootstrap_admin(app, {'LIVE_TOKEN_ID': ADMIN[0],
+                                         'LIVE_TOKEN_SECRET': ADMIN[1]})
+    assert app.livestream.store.client_by_token(ADMIN[0])['from_env'] == 1
