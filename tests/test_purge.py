@@ -2,17 +2,25 @@
 totals), and the purge worker deletes the rest in small batches, driven here by
 direct run_once() calls; the CLI finishes the purge itself."""
 
+import json
+import os
 import pathlib
+import signal
+import socket
 import sqlite3
+import subprocess
 import sys
+import time
+import urllib.request
 
 import pytest
 
 import livestream_api
-from conftest import ADMIN
+from conftest import ADMIN, basic
 from ingest_support import make_channel, publish, update
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent / 'bench'))
+REPO = pathlib.Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / 'bench'))
 import seed as seeding  # noqa: E402  (its counter checks: every counter against its rows)
 
 
@@ -25,7 +33,9 @@ def store(app):
 
 
 def rows(app, sql, *args):
-    with sqlite3.connect(app.livestream.config['database']['path']) as db:
+    """One number from the app's database (or the database file `app`)."""
+    path = app if isinstance(app, pathlib.Path) else app.livestream.config['database']['path']
+    with sqlite3.connect(path) as db:
         return db.execute(sql, args).fetchone()[0]
 
 
@@ -177,3 +187,52 @@ def test_environment_admin_deleted_by_the_cli_comes_back_at_the_next_start(app):
     livestream_api.bootstrap_admin(app, {'LIVE_TOKEN_ID': ADMIN[0],
                                          'LIVE_TOKEN_SECRET': ADMIN[1]})
     assert app.livestream.store.client_by_token(ADMIN[0])['from_env'] == 1
+
+
+@pytest.mark.slow
+def test_serve_runs_the_purge_worker_and_stops_it_on_sigterm(tmp_path):
+    db = tmp_path / 'live.db'
+    with socket.socket() as probe:
+        probe.bind(('127.0.0.1', 0))
+        port = probe.getsockname()[1]
+    env = {name: value for name, value in os.environ.items()
+           if not name.startswith(('LIVESTREAM_', 'LIVE_TOKEN_'))}
+    env.update({'PYTHONPATH': str(REPO), 'LIVE_TOKEN_ID': ADMIN[0],
+                'LIVE_TOKEN_SECRET': ADMIN[1], 'LIVESTREAM_INGEST_STAT_URL': ''})
+    with open(tmp_path / 'serve.log', 'wb') as log:
+        server = subprocess.Popen([sys.executable, '-m', 'livestream_api', 'serve', '--db',
+                                   str(db), '--port', str(port)], cwd=str(REPO), env=env,
+                                  stdout=log, stderr=log, stdin=subprocess.DEVNULL)
+    try:
+        def call(method, path, body=None, auth=ADMIN):
+            request = urllib.request.Request(
+                'http://127.0.0.1:%d%s' % (port, path), method=method,
+                data=None if body is None else json.dumps(body).encode(),
+                headers={'Content-Type': 'application/json', 'Authorization': basic(*auth)})
+            with urllib.request.urlopen(request, timeout=10) as answer:
+                return answer.status, json.loads(answer.read() or 'null')
+
+        deadline = time.monotonic() + 30
+        while True:  # until it listens
+            try:
+                call('GET', '/v1/health')
+                break
+            except OSError:
+                assert time.monotonic() < deadline, (tmp_path / 'serve.log').read_text()
+                time.sleep(0.1)
+        created = call('POST', '/v1/clients', {'name': 'doomed'})[1]['data']
+        owner = (created['tokenId'], created['tokenSecret'])
+        for n in range(3):
+            call('POST', '/v1/channels', {'userId': 'u%d' % n, 'name': 'c'}, auth=owner)
+        assert call('DELETE', '/v1/clients/%s?force=true' % created['tokenId'])[0] == 204
+        deadline = time.monotonic() + 30
+        while rows(db, 'SELECT count(*) FROM channels') or rows(
+                db, 'SELECT count(*) FROM clients WHERE deleted_at IS NOT NULL'):
+            assert time.monotonic() < deadline, 'the worker of serve did not purge'
+            time.sleep(0.1)  # the worker runs in another process: poll what it leaves
+        server.send_signal(signal.SIGTERM)
+        assert server.wait(timeout=15) == 0
+    finally:
+        if server.poll() is None:
+            server.kill()
+            server.wait(timeout=10)
