@@ -1432,6 +1432,8 @@ class Purger:
     IDLE_SECONDS = 300.0
     #: A pause between batches, so that other writers take the write lock in turn.
     PAUSE_SECONDS = 0.005
+    #: After a failed batch (the database locked by another process, a full disk).
+    RETRY_SECONDS = 5.0
 
     def __init__(self, store, clock, retention_days):
         self.store, self.clock = store, clock
@@ -1440,12 +1442,13 @@ class Purger:
         self._wake, self._stopping = threading.Event(), threading.Event()
         self._thread = None
 
-    def run_once(self):
-        """One small transaction's worth of work; False when there is none left."""
+    def run_once(self, now=None):
+        """One small transaction's worth of work (as of `now`, default the service's
+        clock); False when there is none left."""
         if self.store.purge_step():
             return True
-        after = self.store.expire_samples(self.clock() - self.retention_seconds,
-                                          self._samples_after)
+        now = self.clock() if now is None else now
+        after = self.store.expire_samples(now - self.retention_seconds, self._samples_after)
         self._samples_after = after or 0
         return after is not None
 
@@ -1468,9 +1471,10 @@ class Purger:
         while not self._stopping.is_set():
             try:
                 busy = self.run_once()
-            except sqlite3.Error as error:  # the next pass tries again
-                log.error('purge worker: %s', error)
-                busy = False
+            except sqlite3.Error as error:  # say, locked by another process: again soon
+                log.error('purge worker: %s; retrying in %g s', error, self.RETRY_SECONDS)
+                self._stopping.wait(self.RETRY_SECONDS)
+                continue
             if busy:
                 self._stopping.wait(self.PAUSE_SECONDS)
             else:
