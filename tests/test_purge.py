@@ -39,6 +39,16 @@ def rows(app, sql, *args):
         return db.execute(sql, args).fetchone()[0]
 
 
+def sessions_of(app, channels):
+    """(open sessions, sessions ended as channel_deleted) of these channels."""
+    marks = ', '.join('?' * len(channels))
+    ids = [channel['id'] for channel in channels]
+    sql = ('SELECT count(*) FROM sessions s JOIN channels c ON c.id = s.channel_id '
+           'WHERE %s AND c.public_id IN (' + marks + ')')
+    return (rows(app, sql % 's.ended_at IS NULL', *ids),
+            rows(app, sql % "s.end_reason = 'channel_deleted'", *ids))
+
+
 def purge(app):
     """run_once() until the worker says it is done; how many calls it took."""
     calls = 1
@@ -105,8 +115,10 @@ def test_force_deleted_client_vanishes_at_once_and_is_purged(app, store, admin, 
     assert after['liveChannels'] == before['liveChannels'] - 2
     assert update(hook, live).status_int == 403
     assert publish(hook, live).status_int == 403
-    # The rows are still there, hidden: the request did not delete them.
+    # The rows are still there, hidden: the request did not delete them. Its live
+    # sessions ended in that request.
     assert rows(app, 'SELECT count(*) FROM channels WHERE client_id = ?', doomed.pk) == 4
+    assert sessions_of(app, doomed.channels) == (0, 2)
 
     calls = purge(app)
     assert calls > 5  # in small batches
@@ -132,6 +144,8 @@ def test_force_deleted_user_vanishes_at_once_and_is_purged(app, store, doomed, a
         doomed.get('/v1/channels/' + channel['id'], status=404)
         admin.get('/v1/channels/' + channel['id'], status=404)
     assert publish(hook, ann_channels[1]).status_int == 403
+    assert sessions_of(app, ann_channels) == (0, 1)
+    assert sessions_of(app, bob_channels) == (1, 0)
     listing = doomed.get('/v1/channels').json['data']
     assert sorted(item['id'] for item in listing['items']) == \
         sorted(channel['id'] for channel in bob_channels)
