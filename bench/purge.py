@@ -55,7 +55,7 @@ def percentiles(latencies):
 
 
 class Load:
-    """A thread repeating one request, recording (time, ms, status) of each answer."""
+    """A thread repeating one request, recording (sent at, answered at, ms, status)."""
 
     def __init__(self, send):
         self.send, self.answers = send, []
@@ -65,21 +65,23 @@ class Load:
 
     def _run(self):
         while not self.stopping.is_set():
-            started = time.perf_counter()
+            sent, started = time.monotonic(), time.perf_counter()
             try:
                 status = self.send()
             except OSError:  # a timeout (10 s): the writer stalled behind the delete
                 status = 599
-            self.answers.append((time.monotonic(), (time.perf_counter() - started) * 1000,
-                                 status))
+            self.answers.append((sent, time.monotonic(),
+                                 (time.perf_counter() - started) * 1000, status))
 
     def stop(self):
         self.stopping.set()
         self.thread.join(30)
 
     def between(self, start, end):
-        """(latencies, statuses other than 2xx) of the answers that came in [start, end)."""
-        chosen = [(ms, status) for at, ms, status in self.answers if start <= at < end]
+        """(latencies, statuses other than 2xx) of the requests in flight at any time
+        in [start, end): a request the delete held up counts in the delete's window."""
+        chosen = [(ms, status) for sent, answered, ms, status in self.answers
+                  if sent < end and answered >= start]
         return [ms for ms, _ in chosen], [status for _, status in chosen if status >= 300]
 
 
