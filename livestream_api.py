@@ -1325,6 +1325,14 @@ def session_json(row, now):
         'endReason': row['end_reason']}
 
 
+def sample_json(row):
+    """A point of a session's chart (Store.session_samples: means over a slice)."""
+    return {'at': iso(row['at']),
+            'bitrateKbps': None if row['bitrate_kbps'] is None else round(row['bitrate_kbps'], 1),
+            'bytesIn': row['bytes_in'],
+            'viewers': None if row['viewers'] is None else round(row['viewers'])}
+
+
 ###############################################################################
 # Ingest statistics: nginx-rtmp's /stat XML ####################################
 ###############################################################################
@@ -1864,6 +1872,11 @@ def list_sessions(channel_id):
     return envelope(page(rows, total, limit, lambda row: session_json(row, now)))
 
 
+#: GET /v1/channels/{id}/sessions/{sessionId}: how many points of samples by default,
+#: and at most.
+DEFAULT_POINTS, MAX_POINTS = 300, 1000
+
+
 def get_session(channel_id, session_id):
     """GET /v1/channels/{id}/sessions/{sessionId}: one broadcast with its samples,
     averaged down to at most ?points evenly spaced points, for a chart in one call."""
@@ -1879,18 +1892,8 @@ def get_session(channel_id, session_id):
     now = svc.clock()
     samples = svc.store.session_samples(session['id'], session['started_at'],
                                         session['ended_at'] or now, int(points))
-    return envelope(dict(session_json(session, now), samples=[{
-        'at': iso(sample['at']),
-        'bitrateKbps': None if sample['bitrate_kbps'] is None
-        else round(sample['bitrate_kbps'], 1),
-        'bytesIn': sample['bytes_in'],
-        'viewers': None if sample['viewers'] is None else round(sample['viewers'])}
-        for sample in samples]))
-
-
-#: GET /v1/channels/{id}/sessions/{sessionId}: how many points of samples by default,
-#: and at most.
-DEFAULT_POINTS, MAX_POINTS = 300, 1000
+    return envelope(dict(session_json(session, now),
+                         samples=[sample_json(sample) for sample in samples]))
 
 
 # Statistics and health ########################################################
