@@ -165,6 +165,38 @@ CREATE TRIGGER IF NOT EXISTS channel_name_changed AFTER UPDATE OF name ON channe
 END;
 INSERT INTO channel_names (channel_names) VALUES ('rebuild');
 
+-- migration: 3
+-- Channel lists that must not walk a client's (or every) channel: an admin's
+-- ?userId= finds the users by name, ?status=disabled walks only the disabled.
+CREATE INDEX IF NOT EXISTS users_by_user_id ON users (user_id);
+CREATE INDEX IF NOT EXISTS channels_disabled ON channels (client_id, id) WHERE enabled = 0;
+
+-- Force deletes. A deleted client or user is marked (deleted_at) and renamed out
+-- of the API's reach in one short transaction, and every read hides it and what
+-- hangs off it; the purge worker then deletes its rows in small batches. A user's
+-- share of its client's counters is taken off when it is marked, so the counter
+-- triggers skip what the purge later deletes under a marked user.
+ALTER TABLE clients ADD COLUMN deleted_at REAL;
+ALTER TABLE users ADD COLUMN deleted_at REAL;
+CREATE INDEX IF NOT EXISTS users_deleted ON users (id) WHERE deleted_at IS NOT NULL;
+
+DROP TRIGGER IF EXISTS user_removed;
+CREATE TRIGGER user_removed AFTER DELETE ON users WHEN OLD.deleted_at IS NULL BEGIN
+    UPDATE clients SET users = users - 1 WHERE id = OLD.client_id;
+END;
+DROP TRIGGER IF EXISTS channel_removed;
+CREATE TRIGGER channel_removed AFTER DELETE ON channels BEGIN
+    UPDATE users SET channels = channels - 1,
+                     live_channels = live_channels - (OLD.live_session_id IS NOT NULL)
+     WHERE id = OLD.user_pk;
+    UPDATE clients SET channels = channels - 1,
+                       live_channels = live_channels - (OLD.live_session_id IS NOT NULL),
+                       sessions = sessions - OLD.sessions,
+                       live_seconds = live_seconds - OLD.live_seconds,
+                       bytes_in = bytes_in - OLD.bytes_in
+     WHERE id = OLD.client_id
+       AND (SELECT deleted_at FROM users WHERE id = OLD.user_pk) IS NULL;
+END;
 -- migration: 4
 -- When a session's figures (bytes_in, bitrate_kbps) were last measured: the base of
 -- a bitrate from the growth of bytes_in, and of the bytes extrapolated at its end.

@@ -589,13 +589,12 @@ def test_filter_q_is_a_case_insensitive_substring(client):
         assert listing['total'] == len(expected)
 
 
-def test_filter_q_folds_ascii_case_only_whatever_its_length(client):
-    """Names of 3+ characters go through the trigram index, which folds all of
-    Unicode; the substring test after it folds A-Z only, as a short q's scan does."""
+def test_filter_q_folds_ascii_case_only(client):
+    """The trigram index folds all of Unicode; the substring test after it folds
+    A-Z only, as LIKE does."""
     ids = {name: create(client, name=name)['id'] for name in ('Été show', 'été SHOW', 'Straße')}
     for q, expected in (('été', ['été SHOW']), ('ÉTÉ', []), ('Été S', ['Été show']),
-                        ('ét', ['été SHOW']), ('ÉT', ['Été show']), ('É', ['Été show']),
-                        ('é', ['été SHOW', 'Été show']),
+                        ('éTÉ', []), ('ÉtÉ', []), ('ÉTé', ['Été show']), ('té ', ['été SHOW', 'Été show']),
                         ('STRASSE', []), ('straße', ['Straße'])):
         listing = client.get('/v1/channels', {'q': q}).json['data']
         assert ids_of(listing) == [ids[name] for name in expected], q
@@ -605,9 +604,8 @@ def test_filter_q_folds_ascii_case_only_whatever_its_length(client):
 def test_filter_q_treats_like_wildcards_literally(client):
     names = ['100% real', '1000 real', 'snake_case', 'snakeXcase', 'back\\slash', 'backslash']
     ids = {name: create(client, name=name)['id'] for name in names}
-    for q, expected in (('%', ['100% real']), ('0%', ['100% real']), ('_', ['snake_case']),
-                        ('e_c', ['snake_case']), ('\\', ['back\\slash']),
-                        ('%%', []), ('__', [])):
+    for q, expected in (('0% ', ['100% real']), ('00%', ['100% real']), ('e_c', ['snake_case']),
+                        ('k\\s', ['back\\slash']), ('%%%', []), ('___', []), ('e%c', [])):
         listing = client.get('/v1/channels', {'q': q}).json['data']
         assert ids_of(listing) == [ids[name] for name in expected], q
         assert listing['total'] == len(expected), q

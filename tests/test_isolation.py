@@ -110,7 +110,7 @@ def test_a_channels_never_appear_in_b_lists_or_totals(world):
     listing = b.get('/v1/channels').json['data']
     assert [item['id'] for item in listing['items']] == [b_channel['id']]
     assert listing['total'] == 1
-    for query in ('?userId=shared', '?status=live', '?q=A%20', '?userId=shared&status=live'):
+    for query in ('?userId=shared', '?status=live', '?q=A%20i', '?userId=shared&status=live'):
         assert b.get('/v1/channels' + query).json['data'] == \
             {'items': [], 'total': 0, 'nextCursor': None}, query
     assert b.get('/v1/channels?status=idle').json['data']['total'] == 1

@@ -33,7 +33,7 @@ def delete_client_before(store, method, clock):
     original = getattr(store, method)
 
     def wrapped(client_pk, *args, **kwargs):
-        store.delete_client(client_pk, clock())
+        store.delete_client(client_pk, clock(), force=True)
         return original(client_pk, *args, **kwargs)
     setattr(store, method, wrapped)
 
@@ -77,7 +77,7 @@ def test_stats_of_a_session_that_ended_meanwhile_count_it_to_its_end(admin, hook
 
 def test_patch_of_a_user_deleted_meanwhile_does_not_bring_it_back(admin, store, clock):
     admin.put_json('/v1/users/gone', {'limits': {'maxChannels': 3}}, status=201)
-    after(store, 'user', lambda row: store.delete_user(row['id'], clock()))
+    after(store, 'user', lambda row: store.delete_user(row['id'], clock(), force=True))
     assert_not_found(admin.patch_json('/v1/users/gone', {'limits': {'maxChannels': 9}},
                                       status='*'), 'user')
     assert_not_found(admin.get('/v1/users/gone', status='*'), 'user')
@@ -86,7 +86,8 @@ def test_patch_of_a_user_deleted_meanwhile_does_not_bring_it_back(admin, store, 
 
 def test_rotating_a_client_deleted_meanwhile(admin, new_client, store, clock):
     client = new_client()
-    after(store, 'client_by_token', lambda row: store.delete_client(row['id'], clock()),
+    after(store, 'client_by_token',
+          lambda row: store.delete_client(row['id'], clock(), force=True),
           when=lambda row: row and row['token_id'] == client.client['tokenId'])
     assert_not_found(admin.post('/v1/clients/%s/rotate' % client.client['tokenId'],
                                 status='*'), 'client')

@@ -135,7 +135,7 @@ def test_a_login_checked_while_its_client_is_revoked_is_not_remembered(
         row = read_row(token_id)
         monkeypatch.undo()
         if revoke == 'delete':  # as DELETE /v1/clients/{tokenId} does, on another thread
-            store.delete_client(row['id'], svc.clock())
+            store.delete_client(row['id'], svc.clock(), force=True)
         else:
             store.set_client_secret(row['id'], livestream_api.hash_secret('new'))
         svc.forget_logins()

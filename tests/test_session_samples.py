@@ -1,0 +1,133 @@
+"""GET /v1/channels/{id}/sessions/{sessionId}: a broadcast with its samples averaged
+down in SQL, and the samples' retention by the purge worker."""
+
+import pytest
+
+from ingest_support import iso, make_channel, publish, publish_done
+
+EC_BAD_REQUEST, EC_NOT_FOUND = 1, 6
+
+
+def record(store, channel, clock, figures):
+    """One sample per (bitrate, bytes, viewers), 10 s apart, on the channel's live session."""
+    session_id = store.ingest_channel(channel['id'])['live_session_id']
+    for bitrate, bytes_in, viewers in figures:
+        clock.advance(10)
+        store.record_sample(session_id, clock(), {'bitrateKbps': bitrate, 'bytesIn': bytes_in,
+                                                  'viewers': viewers, 'video': None,
+                                                  'audio': None})
+
+
+@pytest.fixture
+def broadcast(app, admin, hook, clock):
+    """A channel with one ended session of 100 s: ten samples, at 10 s to 100 s."""
+    channel = make_channel(admin)
+    started = clock()
+    assert publish(hook, channel).status_int == 200
+    record(app.livestream.store, channel, clock,
+           [(1000.0 * n, 125000 * n, n) for n in range(1, 11)])
+    assert publish_done(hook, channel).status_int == 200
+    session = admin.get('/v1/channels/%s/sessions' % channel['id']).json['data']['items'][0]
+    return channel, session, started
+
+
+def path_of(channel, session):
+    return '/v1/channels/%s/sessions/%s' % (channel['id'], session['id'])
+
+
+def test_a_session_with_every_sample_by_default(admin, broadcast):
+    channel, session, started = broadcast
+    answer = admin.get(path_of(channel, session)).json['data']
+    samples = answer.pop('samples')
+    assert answer == session
+    assert len(samples) == 10
+    assert samples[0] == {'at': iso(started + 10), 'bitrateKbps': 1000.0, 'bytesIn': 125000,
+                          'viewers': 1}
+    assert [sample['bytesIn'] for sample in samples] == [125000 * n for n in range(1, 11)]
+
+
+def test_samples_averaged_down_to_evenly_spaced_points(admin, broadcast):
+    channel, session, started = broadcast
+    samples = admin.get(path_of(channel, session) + '?points=2').json['data']['samples']
+    # Slices [0, 50) and [50, 100]: samples at 10-40 s, then at 50-100 s.
+    assert samples == [
+        {'at': iso(started), 'bitrateKbps': 2500.0, 'bytesIn': 4 * 125000, 'viewers': 2},
+        {'at': iso(started + 50), 'bitrateKbps': 7500.0, 'bytesIn': 10 * 125000,
+         'viewers': 8}]
+    one = admin.get(path_of(channel, session) + '?points=1').json['data']['samples']
+    assert one == [{'at': iso(started), 'bitrateKbps': 5500.0, 'bytesIn': 1250000,
+                    'viewers': 6}]
+
+
+def test_a_live_session_is_charted_up_to_now(app, admin, hook, clock):
+    channel = make_channel(admin)
+    assert publish(hook, channel).status_int == 200
+    record(app.livestream.store, channel, clock, [(100.0, 1000, 0), (300.0, 2000, 0)])
+    session = admin.get('/v1/channels/%s/sessions' % channel['id']).json['data']['items'][0]
+    answer = admin.get(path_of(channel, session) + '?points=1').json['data']
+    assert answer['endedAt'] is None
+    assert answer['samples'][0]['bitrateKbps'] == 200.0
+
+
+def test_unknown_or_foreign_session_is_404(admin, new_client, broadcast):
+    channel, session, _ = broadcast
+    other = make_channel(admin, 'someone')
+    for path in ('/v1/channels/%s/sessions/%s' % (other['id'], session['id']),
+                 '/v1/channels/%s/sessions/aaaaaaaaaaaaaaaa' % channel['id'],
+                 '/v1/channels/%s/sessions/not-an-id' % channel['id'],
+                 # 404 comes before 400: a bad query on an unknown session
+                 '/v1/channels/%s/sessions/aaaaaaaaaaaaaaaa?points=0' % channel['id']):
+        answer = admin.get(path, status=404)
+        assert (answer.json['ec'], answer.json['msg']) == (EC_NOT_FOUND, 'session not found')
+    stranger = new_client()
+    answer = stranger.get(path_of(channel, session), status=404)
+    assert (answer.json['ec'], answer.json['msg']) == (EC_NOT_FOUND, 'channel not found')
+
+
+@pytest.mark.parametrize('query', ['points=0', 'points=1001', 'points=x', 'points=',
+                                   'points=1&points=2', 'limit=3'])
+def test_bad_query_is_400(admin, broadcast, query):
+    channel, session, _ = broadcast
+    answer = admin.get(path_of(channel, session) + '?' + query, status=400)
+    assert answer.json['ec'] == EC_BAD_REQUEST
+
+
+def test_samples_of_sessions_ended_past_retention_are_expired(make_app, clock):
+    client, app = make_app(ingest={'sample_retention_days': '2'})
+    client.authorization = ('Basic', ('admin-token', 'admin-secret-for-tests'))
+    hook_path = '/v1/hooks/nginx-rtmp?secret=' + app.livestream.hook_secret
+    store = app.livestream.store
+
+    def hook(call, name, status='*', **fields):
+        return client.post(hook_path, dict(fields, call=call, name=name, app='live'),
+                           status=status, expect_errors=True)
+    old, recent, live = (make_channel(client, user_id) for user_id in ('a', 'b', 'c'))
+    for channel in (old, recent, live):
+        assert publish(hook, channel).status_int == 200
+        record(store, channel, clock, [(100.0, 1000, 1)] * 3)
+    assert publish_done(hook, old).status_int == 200
+    clock.advance(86400 + 60)
+    assert publish_done(hook, recent).status_int == 200
+    clock.advance(86400)  # old ended 2 days and a minute ago; recent, a day ago
+    while app.livestream.purger.run_once():
+        pass
+    for channel, kept in ((old, False), (recent, True), (live, True)):
+        session = client.get('/v1/channels/%s/sessions' % channel['id']).json['data']['items'][0]
+        assert bool(client.get(path_of(channel, session)).json['data']['samples']) == kept
+
+
+def test_expiry_goes_in_batches_and_ends_its_pass(app, admin, hook, clock):
+    store = app.livestream.store
+    channel = make_channel(admin)
+    assert publish(hook, channel).status_int == 200
+    record(store, channel, clock, [(1.0, 1, 1)] * 5)
+    assert publish_done(hook, channel).status_int == 200
+    cutoff, after, batches = clock() + 1, 0, 0
+    while True:
+        after = store.expire_samples(cutoff, after, rows=2)
+        batches += 1
+        if after is None:
+            break
+    assert batches == 3
+    session = admin.get('/v1/channels/%s/sessions' % channel['id']).json['data']['items'][0]
+    assert admin.get(path_of(channel, session)).json['data']['samples'] == []
