@@ -22,7 +22,6 @@ import ipaddress
 import itertools
 import json
 import logging
-import mmap
 import os
 import queue
 import re
@@ -337,8 +336,6 @@ class Store:
         #: The highest commit number (the `commits` setting) this process has
         #: accounted for: written itself, or voided its caches for.
         self._commits_seen = 0
-        self._commits_mark = None  # what catch_up() last saw move at a commit
-        self._shm = None  # the -shm file, mapped (_wal_header()); False: none
         self._rows = {}  # (sql, args) -> (row, generation read at, valid until)
         self._rows_bytes = 0
         _warn_if_readable_by_others(self.path)
@@ -386,8 +383,7 @@ class Store:
 
     def _drop_connection(self, conn):
         """Close this thread's connection; its next use opens a new one."""
-        self._local.conn = None
-        self._shm = None  # it may have been the last: see close()
+        self._local.conn = self._local.data_version = None
         with self._connections_lock:
             self._connections.remove(conn)
         with contextlib.suppress(sqlite3.Error):
@@ -425,29 +421,16 @@ class Store:
 
     def catch_up(self):
         """At a request's start: void every cache if another process committed since
-        this one last looked. Cheap when nothing was committed: no SQLite call."""
-        db = self.db  # while a connection is open, SQLite keeps the -shm file whole
-        mark = self._wal_header()
-        if mark is None:  # no WAL index to look at: ask SQLite (a GIL hand-off)
-            mark = db.execute('PRAGMA data_version').fetchone()[0], threading.get_ident()
-        if mark == self._commits_mark:
+        this one last looked. PRAGMA data_version moves at every commit by another
+        connection; only then is the commit number read, to tell whose it was."""
+        db = self.db
+        version = db.execute('PRAGMA data_version').fetchone()[0]
+        if version == getattr(self._local, 'data_version', None):
             return
-        # This process's commits move the mark too: the commit number tells whose.
         row = db.execute("SELECT value FROM settings WHERE name = 'commits'").fetchone()
         if row and int(row[0]) > self._commits_seen:
             self._account_commits(int(row[0]))
-        self._commits_mark = mark  # last: a thread that finds it finds the caches voided
-
-    def _wal_header(self):
-        """SQLite's WAL-index header (the first 48 bytes of the -shm file, mapped
-        read-only), which every commit by any connection changes; None without one."""
-        if self._shm is None:
-            try:
-                with open(self.path + '-shm', 'rb') as shm:
-                    self._shm = mmap.mmap(shm.fileno(), 48, access=mmap.ACCESS_READ)
-            except (OSError, ValueError):
-                self._shm = False  # not in WAL mode (a file system without shared memory)
-        return self._shm[:48] if self._shm else None
+        self._local.data_version = version  # last: a request that skips finds caches void
 
     @contextlib.contextmanager
     def transaction(self, durable=True, channels=True):
@@ -510,7 +493,6 @@ class Store:
 
     def close(self):
         """Checkpoint the WAL into the database file and close every connection."""
-        self._shm = None  # mapped afresh after: SQLite may delete the -shm file unused
         with self._connections_lock:
             connections, self._connections = self._connections, []
         for conn in connections:
