@@ -124,9 +124,10 @@ class Server:
         self.stdout_path = tmp_path / ('%s.stdout' % name)
 
     def start(self, timeout=30):
-        for _ in range(3):   # another process may take the free port first
+        for _ in range(3):   # another process may take a free port (or the next) first
             self.port = free_port()
-            with open(self.stdout_path, 'ab') as out, open(self.stderr_path, 'ab') as err:
+            # Each try starts its files afresh: what a test reads is this server's own.
+            with open(self.stdout_path, 'wb') as out, open(self.stderr_path, 'wb') as err:
                 self.proc = subprocess.Popen(
                     [sys.executable, '-m', 'livestream_api', 'serve', '--db', str(self.db),
                      '--port', str(self.port)], cwd=str(REPO), env=self.env, stdout=out,
