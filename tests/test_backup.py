@@ -18,8 +18,6 @@ import time
 
 import pytest
 
-import livestream_api
-
 from test_reliability import REPO, Api, free_port, server_env, spawn  # noqa: F401 (fixture)
 
 LITESTREAM = shutil.which('litestream') or shutil.which(
