@@ -5,6 +5,7 @@
    test_a_restored_database_serves
 3. Litestream: test_litestream_gives_back_1000_channels_after_kill_9_and_a_lost_disk
    (it measures the RPO and RTO the README states), test_sigterm_under_litestream_exits_0
+4. With a live nginx-rtmp stream: test_a_live_session_is_not_stuck_live_after_a_litestream_restore
 """
 
 import os
@@ -288,3 +289,66 @@ def test_sigterm_under_litestream_exits_0(tmp_path, replicated):
     primary.proc.send_signal(signal.SIGTERM)
     assert primary.proc.wait(timeout=30) == 0, primary.output()
     assert 'stopped' in primary.output()
+
+
+# 4. Litestream with a live nginx-rtmp stream ###################################
+
+@needs_litestream
+@pytest.mark.slow
+@pytest.mark.e2e
+def test_a_live_session_is_not_stuck_live_after_a_litestream_restore():
+    """A stream is live through nginx-rtmp when the API's disk is lost: after the
+    restore its session is resumed by the ingest's updates or ended, never left live."""
+    import e2e_support
+    missing = e2e_support.missing_requirements()
+    if missing:
+        if os.environ.get('LIVESTREAM_E2E') == '1':
+            pytest.fail('end-to-end tests need ' + ', '.join(missing))
+        pytest.skip('end-to-end tests need ' + ', '.join(missing))
+    stack = e2e_support.Stack()
+    try:
+        conf = stack.workdir / 'litestream.yml'
+        status, out, err = cli('litestream-conf', '--db', str(stack.db), '--replica',
+                               'file://%s' % (stack.workdir / 'replica'), env=stack.env)
+        assert status == 0, err
+        conf.write_text(out)
+        serve = '%s -m livestream_api serve --port %d --db %s' % (
+            sys.executable, stack.api_port, stack.db)
+        with open(stack.api_log, 'ab') as log:
+            stack.api_process = subprocess.Popen(
+                [LITESTREAM, 'replicate', '-config', str(conf), '-exec', serve], cwd=str(REPO),
+                env=dict(stack.env, LIVESTREAM_DATABASE_REPLICATED='true'),
+                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                start_new_session=True)
+        wait_healthy(stack.api_port, 30, stack.api_process)
+        stack.write_nginx_conf()
+        stack.start_nginx()
+        channel = stack.api.ok('POST', '/v1/channels', {'userId': 'u', 'name': 'on air'},
+                               status=201)
+        stack.publish(channel['streamUrl'], channel['streamId'])
+        e2e_support.wait_for(lambda: stack.api.get('/v1/channels/%s/stats' % channel['id'])
+                             [1]['data']['status'] == 'live', 30, 'the channel to go live')
+        time.sleep(3)
+        os.killpg(stack.api_process.pid, signal.SIGKILL)
+        stack.api_process.wait(timeout=10)
+        for suffix in ('', '-wal', '-shm'):
+            if os.path.exists(str(stack.db) + suffix):
+                os.unlink(str(stack.db) + suffix)
+        restore = subprocess.run([LITESTREAM, 'restore', '-config', str(conf), str(stack.db)],
+                                 capture_output=True, text=True, timeout=60)
+        assert restore.returncode == 0, restore.stderr
+        stack.start_api()
+        # The encoder still runs: the restored session stays live under its updates...
+
+        def resumed():
+            stats = stack.api.get('/v1/channels/%s/stats' % channel['id'])[1]['data']
+            return stats['status'] == 'live' and stats['current']
+        e2e_support.wait_for(resumed, 30, 'the session to be resumed')
+        # ...and when it stops, the session ends: nothing is left live.
+        stack.stop_encoders()
+        e2e_support.wait_for(lambda: stack.api.get('/v1/channels/' + channel['id'])
+                             [1]['data']['status'] == 'idle', 30, 'the channel to be idle')
+        sessions = stack.api.get('/v1/channels/%s/sessions' % channel['id'])[1]['data']
+        assert sessions['items'] and all(item['endedAt'] for item in sessions['items'])
+    finally:
+        stack.stop()
