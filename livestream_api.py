@@ -549,9 +549,9 @@ class Store:
         db = self.db
         try:
             with self.snapshot():
-                tables = [row[0] for row in db.execute(
-                    "SELECT name FROM sqlite_schema WHERE type = 'table' "
-                    "AND name NOT LIKE 'sqlite_%' ORDER BY name")]
+                tables = [row[0] for row in db.execute(  # not the search index's own
+                    "SELECT name FROM pragma_table_list WHERE schema = 'main' "
+                    "AND type = 'table' AND name NOT LIKE 'sqlite_%' ORDER BY name")]
                 counts = {table: db.execute('SELECT count(*) FROM "%s"' % table).fetchone()[0]
                           for table in tables}
                 db.backup(copy, pages=pages)
