@@ -179,6 +179,17 @@ def test_a_restored_database_serves(tmp_path, spawn):
     assert Api(again.port).hook('publish', channel['id'], key=key)[0] == 200
 
 
+def test_restore_refuses_a_schema_newer_than_this_version(tmp_path):
+    db = tmp_path / 'live.db'
+    assert cli('init-db', '--db', str(db))[0] == 0
+    assert cli('backup', '--db', str(db), str(tmp_path / 'copy.db'))[0] == 0
+    with sqlite3.connect(str(tmp_path / 'copy.db')) as copy:
+        copy.execute('PRAGMA user_version = 999')
+    status, _, err = cli('restore', '--db', str(tmp_path / 'new.db'), str(tmp_path / 'copy.db'))
+    assert status == 1 and 'schema version 999' in err
+    assert not (tmp_path / 'new.db').exists() and not list(tmp_path.glob('new.db.*'))
+
+
 # 3. Litestream ################################################################
 
 class Replicated:
