@@ -502,8 +502,8 @@ class Store:
             db.execute('COMMIT')
 
     def close(self):
-        """Checkpoint the WAL into the database file (unless Litestream owns it:
-        a truncated WAL it has not shipped yet is a gap) and close every connection."""
+        """Checkpoint the WAL into the database file (unless Litestream owns checkpoints:
+        its read lock would hold shutdown for busy_timeout) and close every connection."""
         with self._connections_lock:
             connections, self._connections = self._connections, []
         for conn in connections:
