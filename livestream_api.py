@@ -103,6 +103,13 @@ def _networks(text):
                  for item in text.split(',') if item.strip())
 
 
+def _boolean(text):
+    """true or false."""
+    if text.strip().lower() not in ('true', 'false'):
+        raise ValueError('must be true or false')
+    return text.strip().lower() == 'true'
+
+
 def _log_format(text):
     if text.strip() not in ('text', 'json'):
         raise ValueError('must be text or json')
@@ -141,6 +148,7 @@ CONFIG_KEYS = {
     },
     'database': {
         'path': (str, 'livestream.db'),
+        'replicated': (_boolean, 'false'),
     },
     'ingest': {
         'rtmp_url': (_url, 'rtmp://127.0.0.1:1935/live'),
@@ -319,8 +327,10 @@ class Store:
     """The SQLite database: one connection per thread, kept open; writes are
     serialized by a lock in this process and BEGIN IMMEDIATE across processes."""
 
-    def __init__(self, path, rtmp_url, hls_url):
+    def __init__(self, path, rtmp_url, hls_url, replicated=False):
         self.path = str(path)
+        #: Litestream replicates the WAL ([database] replicated): it owns checkpoints.
+        self.replicated = replicated
         self._urls = (rtmp_url, hls_url)  # for channel objects (CHANNEL_OBJECT)
         self._local = threading.local()
         self._connections = []
@@ -492,12 +502,14 @@ class Store:
             db.execute('COMMIT')
 
     def close(self):
-        """Checkpoint the WAL into the database file and close every connection."""
+        """Checkpoint the WAL into the database file (unless Litestream owns checkpoints:
+        its read lock would hold shutdown for busy_timeout) and close every connection."""
         with self._connections_lock:
             connections, self._connections = self._connections, []
         for conn in connections:
             with contextlib.suppress(sqlite3.Error):
-                conn.execute('PRAGMA wal_checkpoint(TRUNCATE)')
+                if not self.replicated:
+                    conn.execute('PRAGMA wal_checkpoint(TRUNCATE)')
             with contextlib.suppress(sqlite3.Error):
                 conn.close()
         self._local = threading.local()
@@ -522,6 +534,54 @@ class Store:
         row = self.db.execute('SELECT page_count * page_size FROM pragma_page_count(), '
                               'pragma_page_size()').fetchone()
         return row[0]
+
+    # Backups -----------------------------------------------------------------
+
+    def backup(self, dest, now, pages=1024):
+        """Copy the database to `dest` while it is in use: SQLite's backup API, `pages`
+        a step, from one read snapshot (so no writer's commit restarts it, and WAL
+        writers never wait for it), into a temp file checked and renamed into place.
+        Records the time in the settings; returns {table: rows} of the copy."""
+        dest = os.path.abspath(dest)
+        temp = '%s.tmp-%d' % (dest, os.getpid())
+        _create_private_database(temp)
+        copy = sqlite3.connect(temp, isolation_level=None)
+        db = self.db
+        try:
+            with self.snapshot():
+                tables = [row[0] for row in db.execute(  # not the search index's own
+                    "SELECT name FROM pragma_table_list WHERE schema = 'main' "
+                    "AND type = 'table' AND name NOT LIKE 'sqlite_%' ORDER BY name")]
+                counts = {table: db.execute('SELECT count(*) FROM "%s"' % table).fetchone()[0]
+                          for table in tables}
+                db.backup(copy, pages=pages)
+            copy.execute('PRAGMA journal_mode = DELETE')  # one self-contained file
+            problems = [row[0] for row in copy.execute('PRAGMA integrity_check')]
+            if problems != ['ok']:
+                raise sqlite3.DatabaseError('the copy fails integrity_check: %s'
+                                            % '; '.join(problems[:5]))
+            copied = {table: copy.execute('SELECT count(*) FROM "%s"' % table).fetchone()[0]
+                      for table in tables}
+            if copied != counts:
+                raise sqlite3.DatabaseError('the copy holds %r rows, the database %r'
+                                            % (copied, counts))
+            copy.close()
+            os.replace(temp, dest)
+        except BaseException:
+            copy.close()
+            with contextlib.suppress(OSError):
+                os.unlink(temp)
+            raise
+        with self.transaction(channels=False) as tx:
+            tx.execute("INSERT INTO settings (name, value) VALUES ('last_backup_at', ?) "
+                       'ON CONFLICT (name) DO UPDATE SET value = excluded.value', (now,))
+        return counts
+
+    def last_backup_at(self):
+        """When `backup` last completed (epoch seconds), or None."""
+        row = self.db.execute("SELECT value FROM settings WHERE name = 'last_backup_at'"
+                              ).fetchone()
+        return float(row[0]) if row else None
 
     # Settings ----------------------------------------------------------------
 
@@ -1916,7 +1976,7 @@ class Service:
     def __init__(self, config, clock):
         self.config, self.clock = config, clock
         self.store = Store(config['database']['path'], config['ingest']['rtmp_url'],
-                           config['ingest']['hls_url'])
+                           config['ingest']['hls_url'], config['database']['replicated'])
         self.throttle = Throttle(config['auth']['throttle_failures'],
                                  config['auth']['throttle_seconds'])
         self.ingest = IngestStats(config['ingest']['stat_url'])
@@ -2372,6 +2432,9 @@ def system_stats():
                         'streams': len(ingest['streams']),
                         'bitrateKbpsIn': round(sum(stream['bitrateKbps'] for stream
                                                    in ingest['streams'].values()), 1)}]}
+        last_backup = svc.store.last_backup_at()
+        if last_backup is not None:
+            stats['system']['lastBackupAt'] = iso(last_backup)
     return envelope(stats)
 
 
@@ -2759,9 +2822,10 @@ def openapi_document():
             'sessions': count, 'liveSeconds': count, 'bytesIn': count,
             'system': _closed({
                 'version': string, 'uptimeSeconds': count, 'dbBytes': count,
+                'lastBackupAt': timestamp,
                 'ingest': {'type': 'array', 'items': _closed({
                     'url': {'type': ['string', 'null']}, 'reachable': {'type': 'boolean'},
-                    'streams': count, 'bitrateKbpsIn': rate})}})},
+                    'streams': count, 'bitrateKbpsIn': rate})}}, optional=('lastBackupAt',))},
             optional=('system',)),
         'Health': _closed({'status': {'const': 'ok'}, 'version': string, 'db': {'const': 'ok'}}),
     }
@@ -3602,6 +3666,120 @@ def nginx_port_warnings(config, rtmp_port, http_port):
 
 
 ###############################################################################
+# Backups and replication ######################################################
+###############################################################################
+
+LITESTREAM_CONF = '''\
+# litestream.yml for Livestream API, made by `livestream-api litestream-conf`.
+# Set [database] replicated = true (Litestream then owns the WAL's checkpoints), then
+# run: litestream replicate -config litestream.yml -exec "livestream-api serve --config ..."
+dbs:
+  - path: {path}
+    replica:
+      url: {url}
+'''
+
+
+def litestream_conf(config, replica_url):
+    """A Litestream 0.5 config replicating the configured database to replica_url."""
+    parts = urllib.parse.urlsplit(replica_url)
+    if not parts.scheme or (parts.scheme == 'file' and not parts.path.startswith('/')):
+        raise ConfigError('--replica %r: give a URL such as file:///var/backups/livestream '
+                          'or s3://bucket/path' % replica_url)
+    # JSON strings are YAML's double-quoted scalars: any path or URL stays one value.
+    return LITESTREAM_CONF.format(path=json.dumps(os.path.abspath(config['database']['path'])),
+                                  url=json.dumps(replica_url))
+
+
+class RestoreRefused(Exception):
+    """Restoring would harm a database in use, or would install a bad copy."""
+
+
+def _lock_out_servers(path):
+    """An sqlite3 connection holding `path` exclusively, or RestoreRefused while any
+    other process (serve, Litestream) has it open: in WAL mode each keeps a shared
+    lock for as long as it is connected. (SQLite's own locks only: a plain open and
+    close of the file here would drop this process's locks on it.)"""
+    conn = sqlite3.connect('file:%s?mode=rw' % urllib.parse.quote(path), uri=True,
+                           isolation_level=None, timeout=1)
+    try:
+        conn.execute('PRAGMA locking_mode = EXCLUSIVE')
+        conn.execute('BEGIN EXCLUSIVE')
+    except sqlite3.OperationalError as error:
+        conn.close()
+        raise RestoreRefused('%s is in use (%s): stop `serve` (and Litestream) first'
+                             % (path, error))
+    return conn
+
+
+def restore_database(source, target, force=False):
+    """Put a copy of the backup `source` at `target`, checked first (integrity, a
+    schema this version knows); refused while `target` is in use, or exists
+    without force. Returns the copy's schema version."""
+    if not os.path.isfile(source):
+        raise RestoreRefused('no backup file at %s' % source)
+    exists = os.path.exists(target)
+    if exists and not force:
+        raise RestoreRefused('%s exists: pass --force to replace it' % target)
+    lock = _lock_out_servers(target) if exists else None
+    temp = '%s.restore-%d' % (target, os.getpid())
+    try:
+        _create_private_database(temp)
+        copy = sqlite3.connect(temp, isolation_level=None)
+        try:
+            original = sqlite3.connect('file:%s?mode=ro' % urllib.parse.quote(source),
+                                       uri=True)
+            try:
+                original.backup(copy)
+            finally:
+                original.close()
+            copy.execute('PRAGMA journal_mode = DELETE')
+            problems = [row[0] for row in copy.execute('PRAGMA integrity_check')]
+            version = copy.execute('PRAGMA user_version').fetchone()[0]
+        finally:
+            copy.close()
+        if problems != ['ok']:
+            raise RestoreRefused('%s fails integrity_check: %s'
+                                 % (source, '; '.join(problems[:5])))
+        latest = max(number for number, _ in _migrations())
+        if not 1 <= version <= latest:
+            raise RestoreRefused('%s has schema version %d; this livestream-api knows 1 to %d'
+                                 % (source, version, latest))
+        if lock is not None:
+            # Closing it checkpoints and removes the old -wal: none is left to replay
+            # into the restored file.
+            lock.execute('ROLLBACK')
+            lock.close()
+            lock = None
+        os.replace(temp, target)
+        for leftover in (target + '-wal', target + '-shm'):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(leftover)
+        return version
+    except sqlite3.Error as error:
+        raise RestoreRefused('cannot restore %s: %s' % (source, error))
+    finally:
+        if lock is not None:
+            lock.close()
+        with contextlib.suppress(OSError):
+            os.unlink(temp)
+
+
+def run_backup(store, dest):
+    """`livestream-api backup`: copy, check, and report; 0 or 1 for the exit status."""
+    started = time.monotonic()
+    try:
+        counts = store.backup(dest, time.time())
+    except (sqlite3.Error, OSError) as error:
+        print('livestream-api: backup to %s failed: %s' % (dest, error), file=sys.stderr)
+        return 1
+    print('backup %s: %d bytes in %.2f s, integrity ok; rows: %s'
+          % (dest, os.path.getsize(dest), time.monotonic() - started,
+             ', '.join('%s %d' % item for item in counts.items())))
+    return 0
+
+
+###############################################################################
 # Command line #################################################################
 ###############################################################################
 
@@ -3643,6 +3821,17 @@ def _parser():
                       help='directory for nginx state, logs and HLS files')
     conf.add_argument('--output', metavar='FILE',
                       help='write to FILE, mode 0600 (it holds the hook secret), not stdout')
+    backup = commands.add_parser('backup', parents=[common],
+                                 help='copy the database, consistently, while it is in use')
+    backup.add_argument('dest', metavar='DEST', help='the file to write (replaced if there)')
+    restore = commands.add_parser('restore', parents=[common],
+                                  help='put a backup in place of the database (server stopped)')
+    restore.add_argument('source', metavar='SRC', help='a file made by `backup`')
+    restore.add_argument('--force', action='store_true', help='replace an existing database')
+    litestream = commands.add_parser('litestream-conf', parents=[common],
+                                     help='print a litestream.yml for the database')
+    litestream.add_argument('--replica', metavar='URL', required=True,
+                            help='where to replicate: file:///path or s3://bucket/path')
     return parser
 
 
@@ -3662,6 +3851,20 @@ def main(argv=None, environ=None):
         config = load_config(args.config, environ, overrides)
         if args.command == 'serve':
             serve(config, environ)
+            return 0
+        if args.command == 'litestream-conf':
+            print(litestream_conf(config, args.replica), end='')
+            return 0
+        if args.command == 'restore':
+            try:
+                version = restore_database(args.source,
+                                           os.path.abspath(config['database']['path']),
+                                           args.force)
+            except RestoreRefused as error:
+                print('livestream-api: restore refused: %s' % error, file=sys.stderr)
+                return 1
+            print('restored %s (schema version %d) to %s; `serve` migrates it if older'
+                  % (args.source, version, config['database']['path']))
             return 0
         database = os.path.abspath(config['database']['path'])
         # Elsewhere than where it was made, a relative path names a new, empty database
@@ -3686,6 +3889,8 @@ def main(argv=None, environ=None):
     try:
         if args.command == 'init-db':
             print('database ready: %s' % database)
+        elif args.command == 'backup':
+            return run_backup(store, args.dest)
         elif args.command == 'nginx-conf':
             for warning in nginx_port_warnings(config, args.rtmp_port, args.http_port):
                 print('livestream-api: warning: %s' % warning, file=sys.stderr)
