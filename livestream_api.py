@@ -224,14 +224,19 @@ def load_config(path=None, environ=None, overrides=None):
 # Store: every SQL statement lives here #######################################
 ###############################################################################
 
-def _schema_path():
-    """schema.sql beside this file (a checkout), else where the wheel put it."""
-    for candidate in (Path(__file__).with_name('schema.sql'),
-                      Path(sys.prefix) / 'share' / 'livestream-api' / 'schema.sql'):
+def _data_path(name):
+    """A data file (schema.sql, nginx.conf.template) beside this file (a checkout),
+    else where the wheel put it."""
+    for candidate in (Path(__file__).with_name(name),
+                      Path(sys.prefix) / 'share' / 'livestream-api' / name):
         if candidate.is_file():
             return candidate
-    raise FileNotFoundError('schema.sql not found beside %s or under %s/share/livestream-api'
-                            % (__file__, sys.prefix))
+    raise FileNotFoundError('%s not found beside %s or under %s/share/livestream-api'
+                            % (name, __file__, sys.prefix))
+
+
+def _schema_path():
+    return _data_path('schema.sql')
 
 
 def _migrations():
@@ -1638,8 +1643,54 @@ def sample_json(row):
 
 
 ###############################################################################
-# Ingest statistics: nginx-rtmp's /stat XML ####################################
+# Ingest nodes: one adapter per kind ###########################################
 ###############################################################################
+# An ingest kind (nginx-rtmp today) is one small class: it turns its hook request
+# into a neutral IngestEvent, parses its stats into {stream name: metrics}, drops a
+# publisher, and writes its config. Sessions, limits and viewers see only events.
+
+#: A hook call in the API's words. `what`: publish, update, done, play or stop (None:
+#: a call the node makes that is acknowledged and ignored); `said`: the node's own
+#: name for the call (for logs); `connection`: the stream's connection at the node,
+#: unique among its publishers; `addr`: the encoder's address; `name`: the stream
+#: name (a channel id); `key`: the stream key it gave.
+IngestEvent = collections.namedtuple('IngestEvent', 'what said connection addr name key')
+
+#: Every ingest kind by name: each is served its hook at POST /v1/hooks/<kind>.
+INGEST_KINDS = {}
+
+
+def ingest_kind(cls):
+    """Class decorator: make an IngestNode subclass a kind of ingest."""
+    INGEST_KINDS[cls.kind] = cls
+    return cls
+
+
+class IngestNode:
+    """One kind of ingest server, as the API sees it; a subclass per kind says how."""
+
+    kind = None
+
+    def __init__(self, config):
+        self.config = config
+
+    def event(self, request):
+        """The IngestEvent a hook request carries; ApiError (400) when it is none."""
+        raise NotImplementedError
+
+    def parse_stats(self, body):
+        """{stream name: metrics} from the bytes its stats URL answered."""
+        raise NotImplementedError
+
+    def drop(self, url, session, timeout):
+        """Have the node whose control is at `url` drop this session's publisher (a
+        row of channel_id, session_id, connection); returns what the node said."""
+        raise NotImplementedError
+
+    def conf(self, hook_secret, rtmp_port, http_port, prefix, http_host='127.0.0.1'):
+        """The node's config file text, its hooks calling this API."""
+        raise NotImplementedError
+
 
 def _number(element, path, kind=int):
     text = element.findtext(path)
@@ -1674,12 +1725,97 @@ def parse_rtmp_stat(xml_bytes):
     return streams
 
 
-class IngestStats:
-    """The ingest's statistics, fetched at most once per `max_age` seconds with a
-    short timeout, so a slow or dead stat URL never holds a hook for long."""
 
-    def __init__(self, url, timeout=0.5, max_age=1.0, clock=time.monotonic):
-        self.url, self.timeout, self.max_age, self.clock = url, timeout, max_age, clock
+def rtmp_app(config):
+    """The RTMP application streams are published to: the last segment of rtmp_url."""
+    return config['ingest']['rtmp_url'].rsplit('/', 1)[-1] or 'live'
+
+
+def _form_fields(body):
+    """A form body as {name: first value}. nginx appends the stream's own query
+    string after its fields, so a publisher can repeat `name` or `call`: only the
+    first value is nginx's. (Cheaper than parse_qsl: most values need no decoding.)"""
+    form = {}
+    for pair in body.split('&'):
+        name, _, value = pair.partition('=')
+        if '%' in name or '+' in name:
+            name = urllib.parse.unquote_plus(name, errors='strict')
+        if name and name not in form:
+            form[name] = urllib.parse.unquote_plus(value, errors='strict') \
+                if '%' in value or '+' in value else value
+    return form
+
+
+#: Where Debian's libnginx-mod-rtmp puts the module.
+NGINX_RTMP_MODULE = '/usr/lib/nginx/modules/ngx_rtmp_module.so'
+
+
+@ingest_kind
+class NginxRtmp(IngestNode):
+    """nginx-rtmp: notify calls as form posts, `rtmp_stat all` XML, `rtmp_control all`
+    to drop, and nginx.conf from nginx.conf.template."""
+
+    kind = 'nginx-rtmp'
+    #: The notify calls acted on, and the event each is.
+    CALLS = {'publish': 'publish', 'update_publish': 'update', 'publish_done': 'done',
+             'play': 'play', 'play_done': 'stop'}
+    #: Its other notify calls: acknowledged (200) and ignored; any other is a 400.
+    OTHER_CALLS = ('connect', 'disconnect', 'done', 'record_done', 'update_play')
+
+    def event(self, request):
+        content_type = request.content_type.split(';')[0].strip().lower()
+        if content_type != 'application/x-www-form-urlencoded':
+            raise bad_request('hook body must be form data (application/x-www-form-urlencoded), '
+                              'not %r' % content_type)
+        try:
+            form = _form_fields(request.body.read().decode('utf-8'))
+        except ValueError:
+            raise bad_request('hook body is not UTF-8 form data')
+        call = form.get('call', '')
+        if not call:
+            raise bad_request('hook body has no call field')
+        if call not in self.CALLS and call not in self.OTHER_CALLS:
+            raise bad_request('unknown hook call %r' % call[:40])
+        return IngestEvent(self.CALLS.get(call), call, '%s/%s' % (
+            request.environ.get('REMOTE_ADDR'), form.get('clientid', '')),
+            form.get('addr', ''), form.get('name', ''), form.get('key', ''))
+
+    def parse_stats(self, body):
+        return parse_rtmp_stat(body)
+
+    def drop(self, url, session, timeout):
+        query = {'app': rtmp_app(self.config), 'name': session['channel_id']}
+        clientid = session['connection'].rpartition('/')[2]
+        if clientid:  # that connection only: not the encoder reconnecting with a new key
+            query['clientid'] = clientid
+        with urllib.request.urlopen('%s/drop/publisher?%s' % (
+                url, urllib.parse.urlencode(query)), timeout=timeout) as answer:
+            return '%s dropped' % answer.read(64).decode('ascii', 'replace').strip()
+
+    def conf(self, hook_secret, rtmp_port, http_port, prefix, http_host='127.0.0.1'):
+        """A complete nginx.conf whose rtmp application calls this API's hooks (on the
+        hook listener, else on the API's port)."""
+        server = self.config['server']
+        host, port = hook_address(server) or (server['host'], server['port'])
+        host = '127.0.0.1' if host in ('0.0.0.0', '::', '') else host
+        hook = 'http://%s/v1/hooks/%s?secret=%s' % (_host_port(host, port), self.kind,
+                                                    hook_secret)
+        return _data_path('nginx.conf.template').read_text().format(
+            prefix=os.path.abspath(prefix), module=NGINX_RTMP_MODULE, rtmp_port=rtmp_port,
+            http_port=http_port, http_host=http_host, app=rtmp_app(self.config), hook=hook,
+            update_interval=self.config['ingest']['update_interval'])
+
+
+# Polling stats and kicking publishers, for a node of any kind #################
+
+class IngestStats:
+    """The ingest's statistics (parsed by `parse`, its node's parse_stats), fetched at
+    most once per `max_age` seconds with a short timeout, so a slow or dead stat URL
+    never holds a hook for long."""
+
+    def __init__(self, url, parse, timeout=0.5, max_age=1.0, clock=time.monotonic):
+        self.url, self.parse, self.timeout, self.max_age = url, parse, timeout, max_age
+        self.clock = clock
         self._lock = threading.Lock()
         self._snapshot = None
         self._fetching, self._fetch_started = None, None
@@ -1722,7 +1858,7 @@ class IngestStats:
                     body += chunk
                     if self.clock() > deadline:
                         raise TimeoutError('the answer took over %g s' % (10 * self.timeout))
-            streams, reachable = parse_rtmp_stat(body), True
+            streams, reachable = self.parse(body), True
         except Exception as error:  # a background fetch: any failure means unreachable
             log.warning('ingest statistics unavailable from %s: %s', self.url, error)
             streams, reachable = {}, False
@@ -1732,22 +1868,13 @@ class IngestStats:
             self._fetching = None
 
 
-# Kicking publishers ###########################################################
-
-def rtmp_app(config):
-    """The RTMP application streams are published to: the last segment of rtmp_url."""
-    return config['ingest']['rtmp_url'].rsplit('/', 1)[-1] or 'live'
-
-
 class Kicker:
     """Drops publishers at one ingest node, off the request's path: kick() queues
     the sessions the API just ended, and a daemon thread (start/stop), or
-    run_once(), asks the node to drop each. One subclass per kind of node."""
+    run_once(), has the node's adapter drop each at its control `url`."""
 
-    kind = None
-
-    def __init__(self, url, timeout=1.0):
-        self.url, self.timeout = url, timeout
+    def __init__(self, node, url, timeout=1.0):
+        self.node, self.url, self.timeout = node, url, timeout
         self._queue = queue.Queue(maxsize=10000)
         self._thread = None
 
@@ -1773,7 +1900,7 @@ class Kicker:
 
     def start(self):
         if self._thread is None:
-            self._thread = threading.Thread(target=self._run, name='%s-kicker' % self.kind,
+            self._thread = threading.Thread(target=self._run, name='%s-kicker' % self.node.kind,
                                             daemon=True)
             self._thread.start()
 
@@ -1795,7 +1922,7 @@ class Kicker:
 
     def _send(self, session):
         try:
-            outcome = self.drop(session)
+            outcome = self.node.drop(self.url, session, self.timeout)
         except Exception as error:  # logged and left: see _failed
             self._failed(session, error)
         else:
@@ -1808,29 +1935,6 @@ class Kicker:
         log.warning('could not kick the publisher of channel %s (session %s) at %s: %s; '
                     'it is dropped at its next update hook', session['channel_id'],
                     session['session_id'], self.url, error)
-
-    def drop(self, session):
-        """Have the node drop this session's publisher; returns what the node said."""
-        raise NotImplementedError
-
-
-class NginxRtmpKicker(Kicker):
-    """nginx-rtmp's control module (`rtmp_control all` at `url`, see NGINX_CONF)."""
-
-    kind = 'nginx-rtmp'
-
-    def __init__(self, url, app, timeout=1.0):
-        super().__init__(url, timeout)
-        self.app = app
-
-    def drop(self, session):
-        query = {'app': self.app, 'name': session['channel_id']}
-        clientid = session['connection'].rpartition('/')[2]
-        if clientid:  # that connection only: not the encoder reconnecting with a new key
-            query['clientid'] = clientid
-        with urllib.request.urlopen('%s/drop/publisher?%s' % (
-                self.url, urllib.parse.urlencode(query)), timeout=self.timeout) as answer:
-            return '%s dropped' % answer.read(64).decode('ascii', 'replace').strip()
 
 
 ###############################################################################
@@ -1919,10 +2023,14 @@ class Service:
                            config['ingest']['hls_url'])
         self.throttle = Throttle(config['auth']['throttle_failures'],
                                  config['auth']['throttle_seconds'])
-        self.ingest = IngestStats(config['ingest']['stat_url'])
+        #: An adapter of each ingest kind, for its hook; `node` is the one the
+        #: [ingest] URLs point at, whose stats are polled and publishers kicked.
+        self.nodes = {kind: adapter(config) for kind, adapter in INGEST_KINDS.items()}
+        self.node = self.nodes['nginx-rtmp']
+        self.ingest = IngestStats(config['ingest']['stat_url'], self.node.parse_stats)
         control_url = config['ingest']['control_url']
         #: Drops the publisher of a session the API ends (None: [ingest] control_url empty).
-        self.kicker = NginxRtmpKicker(control_url, rtmp_app(config)) if control_url else None
+        self.kicker = Kicker(self.node, control_url) if control_url else None
         self.purger = Purger(self.store, clock, config['ingest']['sample_retention_days'])
         self.started = time.monotonic()
         self.hook_secret = None
@@ -2511,8 +2619,9 @@ def _check_hook_secret(svc):
         raise ApiError(403, EC_FORBIDDEN, 'missing or wrong hook secret')
 
 
-def ingest_publish(svc, name, key, connection, addr):
-    """A publisher asks to go live on channel `name` with `key`."""
+def ingest_publish(svc, event):
+    """A publisher asks to go live on channel `event.name` with `event.key`."""
+    name, key, connection, addr = event.name, event.key, event.connection, event.addr
     now = svc.clock()
     cutoff = now - svc.stale_after
     session_id, why = svc.store.start_session(
@@ -2531,9 +2640,10 @@ def _figures(svc, name, live, now, max_age=None):
     return metrics and dict(metrics, bitrateKbps=measured_bitrate(metrics, live, now))
 
 
-def ingest_update(svc, name, key, connection, addr):
+def ingest_update(svc, event):
     """The ingest's periodic word on a live stream: refresh its figures, or deny
     (which drops the encoder) once the stream may no longer be on air."""
+    name, connection = event.name, event.connection
     now = svc.clock()
     live = svc.store.ingest_channel(name)
     action, why = decide_update(live, connection)
@@ -2543,7 +2653,7 @@ def ingest_update(svc, name, key, connection, addr):
         why = decide_resume(svc.store.last_session_of(live['id'], connection))
         if why:
             raise HookDenied(why)
-        ingest_publish(svc, name, key, connection, addr)
+        ingest_publish(svc, event)
         live = svc.store.ingest_channel(name)
         if decide_update(live, connection)[0] != 'keep':
             raise HookDenied('session was ended as it resumed')  # deleted, disabled, re-keyed
@@ -2559,8 +2669,9 @@ def ingest_update(svc, name, key, connection, addr):
     return {'allowed': True}
 
 
-def ingest_publish_done(svc, name, connection):
+def ingest_publish_done(svc, event):
     """The publisher left: end its connection's open session, with its last figures."""
+    name, connection = event.name, event.connection
     live = svc.store.ingest_channel(name)
     action = decide_update(live, connection)[0]
     if action == 'keep':
@@ -2580,78 +2691,39 @@ def ingest_publish_done(svc, name, connection):
     return {'ended': action == 'keep'}
 
 
-def ingest_play(svc, name, delta):
-    if svc.store.ingest_channel(name) is None:
+def ingest_play(svc, event):
+    """A viewer comes (play) or goes (stop)."""
+    if svc.store.ingest_channel(event.name) is None:
         raise HookDenied('no such channel')
-    svc.store.add_viewer(name, delta)
+    svc.store.add_viewer(event.name, 1 if event.what == 'play' else -1)
     return {'allowed': True}
 
 
-#: nginx-rtmp notify calls this service acts on; others are acknowledged.
-NGINX_CALLS = ('publish', 'update_publish', 'publish_done', 'play', 'play_done')
-#: nginx-rtmp's other notify calls: acknowledged (200) and ignored; any other is a 400.
-NGINX_OTHER_CALLS = ('connect', 'disconnect', 'done', 'record_done', 'update_play')
+#: What each event does.
+ON_EVENT = {'publish': ingest_publish, 'update': ingest_update, 'done': ingest_publish_done,
+            'play': ingest_play, 'stop': ingest_play}
 
 
-def _form_fields(body):
-    """A form body as {name: first value}. nginx appends the stream's own query
-    string after its fields, so a publisher can repeat `name` or `call`: only the
-    first value is nginx's. (Cheaper than parse_qsl: most values need no decoding.)"""
-    form = {}
-    for pair in body.split('&'):
-        name, _, value = pair.partition('=')
-        if '%' in name or '+' in name:
-            name = urllib.parse.unquote_plus(name, errors='strict')
-        if name and name not in form:
-            form[name] = urllib.parse.unquote_plus(value, errors='strict') \
-                if '%' in value or '+' in value else value
-    return form
-
-
-def nginx_rtmp_hook():
-    """POST /v1/hooks/nginx-rtmp: nginx-rtmp's on_* notify calls. 2xx allows,
-    403 refuses (or, for update_publish, drops the stream)."""
+def ingest_hook(kind):
+    """POST /v1/hooks/<kind>: an ingest node's hook calls, as its adapter reads them.
+    2xx allows, 403 refuses (or, for an update, drops the stream)."""
     svc = service()
     _check_hook_secret(svc)
     query({'secret'})
     if bottle.request.content_length > max_body():
         raise ApiError(413, EC_TOO_LARGE, 'hook body too large')
-    content_type = bottle.request.content_type.split(';')[0].strip().lower()
-    if content_type != 'application/x-www-form-urlencoded':
-        raise bad_request('hook body must be form data (application/x-www-form-urlencoded), '
-                          'not %r' % content_type)
-    try:
-        form = _form_fields(bottle.request.body.read().decode('utf-8'))
-    except ValueError:
-        raise bad_request('hook body is not UTF-8 form data')
-
-    def field(name):
-        return form.get(name, '')
-
-    call, name = field('call'), field('name')
-    connection = '%s/%s' % (bottle.request.environ.get('REMOTE_ADDR'), field('clientid'))
-    if not call:
-        raise bad_request('hook body has no call field')
-    if call not in NGINX_CALLS:
-        if call not in NGINX_OTHER_CALLS:
-            raise bad_request('unknown hook call %r' % call[:40])
-        return envelope({'ignored': call})
-    if not PUBLIC_ID.match(name):
-        log.warning('nginx-rtmp %s refused: stream name is not a channel id', call)
-        if call in ('publish', 'play'):
+    event = svc.nodes[kind].event(bottle.request)
+    if event.what is None:
+        return envelope({'ignored': event.said})
+    if not PUBLIC_ID.match(event.name):
+        log.warning('%s %s refused: stream name is not a channel id', kind, event.said)
+        if event.what in ('publish', 'play'):
             raise ApiError(403, EC_FORBIDDEN, 'stream name is not a channel id')
         raise bad_request('stream name is not a channel id')
     try:
-        if call == 'publish':
-            result = ingest_publish(svc, name, field('key'), connection, field('addr'))
-        elif call == 'update_publish':
-            result = ingest_update(svc, name, field('key'), connection, field('addr'))
-        elif call == 'publish_done':
-            result = ingest_publish_done(svc, name, connection)
-        else:
-            result = ingest_play(svc, name, 1 if call == 'play' else -1)
+        result = ON_EVENT[event.what](svc, event)
     except HookDenied as denied:
-        log.warning('nginx-rtmp %s on channel %s refused: %s', call, name, denied)
+        log.warning('%s %s on channel %s refused: %s', kind, event.said, event.name, denied)
         raise ApiError(403, EC_FORBIDDEN, str(denied))
     return envelope(result)
 
@@ -2827,10 +2899,10 @@ def openapi_document():
         'properties': {'call': {'type': 'string'}, 'name': string, 'key': string,
                        'addr': string, 'clientid': string, 'app': string},
         'anyOf': [{'required': ['call', 'name'], 'properties': {
-                      'call': {'enum': list(NGINX_CALLS)},
+                      'call': {'enum': list(NginxRtmp.CALLS)},
                       'name': dict(public_id, description='the stream name: a channel id')}},
                   {'required': ['call'], 'properties': {
-                      'call': {'enum': list(NGINX_OTHER_CALLS),
+                      'call': {'enum': list(NginxRtmp.OTHER_CALLS),
                                'description': 'acknowledged, not acted on'}}}]}
     paths = {}
 
@@ -2840,7 +2912,7 @@ def openapi_document():
         for code in sorted(errors.split() + ([] if public else ['400', '401', '429'])
                            + (['403'] if admin else [])):
             answers[code] = {'$ref': '#/components/responses/' + code}
-        operation = {'operationId': handler.__name__, 'summary': summary, 'responses': answers}
+        operation = {'operationId': getattr(handler, '__name__', handler), 'summary': summary, 'responses': answers}
         if admin:
             operation['description'] = 'Admin role only: an app client gets 403.'
         if public:
@@ -2923,7 +2995,7 @@ def openapi_document():
         'description': 'An OpenAPI 3.1 document', 'content': {'application/json': {'schema': {
             'type': 'object', 'required': ['openapi', 'info', 'paths']}}}}}, '400',
           public=True)
-    route('POST', '/v1/hooks/nginx-rtmp', nginx_rtmp_hook, 'nginx-rtmp notify calls: 2xx '
+    route('POST', '/v1/hooks/nginx-rtmp', 'nginx_rtmp_hook', 'nginx-rtmp notify calls: 2xx '
           'allows, 403 refuses (or drops the stream)', {'200': _success(
               'Allowed or acknowledged', {'anyOf': [
                   _closed({'allowed': {'const': True}}), _closed({'ended': {'type': 'boolean'}}),
@@ -2979,7 +3051,8 @@ def openapi():
 # Building the app #############################################################
 ###############################################################################
 
-#: (method, path, handler): the whole HTTP surface, in API.md's order.
+#: (method, path, handler): the whole HTTP surface, in API.md's order, but for the
+#: ingest hooks: one POST /v1/hooks/<kind> per ingest kind (create_app).
 ROUTES = [
     ('POST', '/v1/clients', create_client),
     ('GET', '/v1/clients', list_clients),
@@ -3003,7 +3076,6 @@ ROUTES = [
     ('GET', '/v1/stats', system_stats),
     ('GET', '/v1/health', health),
     ('GET', '/v1/openapi.json', openapi),
-    ('POST', '/v1/hooks/nginx-rtmp', nginx_rtmp_hook),
 ]
 
 
@@ -3019,6 +3091,8 @@ def create_app(config=None, clock=time.time):
     app.add_hook('before_request', lambda: authenticate(app))
     for method, path, handler in ROUTES:
         app.route(path, method, handler)
+    for kind in svc.nodes:  # POST /v1/hooks/nginx-rtmp, and one for each other kind
+        app.route('/v1/hooks/%s' % kind, 'POST', functools.partial(ingest_hook, kind))
     app.default_error_handler = error_body
     return app
 
@@ -3475,108 +3549,8 @@ def serve(config, environ, drain_seconds=10):
 
 
 ###############################################################################
-# nginx-rtmp configuration #####################################################
+# nginx-rtmp ports ###############################################################
 ###############################################################################
-
-#: Where Debian's libnginx-mod-rtmp puts the module.
-NGINX_RTMP_MODULE = '/usr/lib/nginx/modules/ngx_rtmp_module.so'
-
-NGINX_CONF = '''\
-# nginx-rtmp for Livestream API, made by `livestream-api nginx-conf`.
-# Run: nginx -p {prefix} -c {prefix}/nginx.conf
-# Contains the hook secret: keep this file private.
-load_module {module};
-worker_processes 1;
-daemon off;
-pid {prefix}/nginx.pid;
-# notice, not info: at info nginx-rtmp logs each notify call with the stream's
-# arguments and the hook URL, which would put stream keys and the secret on disk.
-error_log {prefix}/error.log notice;
-
-events {{
-    worker_connections 1024;
-}}
-
-rtmp {{
-    # nginx-rtmp's own access log would write each stream's arguments (the key).
-    access_log off;
-
-    server {{
-        listen {rtmp_port};
-        chunk_size 4096;
-
-        application {app} {{
-            live on;
-            record off;
-            # An encoder that stalls without closing its connection is dropped.
-            drop_idle_publisher 10s;
-            hls on;
-            hls_path {prefix}/hls;
-            hls_fragment 2s;
-            hls_playlist_length 10s;
-
-            notify_method post;
-            notify_update_timeout {update_interval}s;
-            on_publish {hook};
-            on_update {hook};
-            on_publish_done {hook};
-            on_play {hook};
-            on_play_done {hook};
-        }}
-    }}
-}}
-
-http {{
-    access_log off;
-    client_body_temp_path {prefix}/client_body_temp;
-    proxy_temp_path {prefix}/proxy_temp;
-    fastcgi_temp_path {prefix}/fastcgi_temp;
-    uwsgi_temp_path {prefix}/uwsgi_temp;
-    scgi_temp_path {prefix}/scgi_temp;
-
-    server {{
-        listen {http_host}:{http_port};
-
-        location /stat {{
-            rtmp_stat all;
-        }}
-
-        # The API drops a publisher here the moment it ends its session ([ingest]
-        # control_url); loopback only, whatever address this server listens on.
-        location /control {{
-            rtmp_control all;
-            allow 127.0.0.1;
-            allow ::1;
-            deny all;
-        }}
-
-        location /hls {{
-            types {{
-                application/vnd.apple.mpegurl m3u8;
-                video/mp2t ts;
-            }}
-            alias {prefix}/hls;
-            add_header Cache-Control no-cache;
-            add_header Access-Control-Allow-Origin *;
-        }}
-    }}
-}}
-'''
-
-
-def nginx_conf(config, hook_secret, rtmp_port, http_port, prefix, http_host='127.0.0.1'):
-    """A complete nginx.conf whose rtmp application calls this API's hooks (on the
-    hook listener, else on the API's port)."""
-    server = config['server']
-    host, port = hook_address(server) or (server['host'], server['port'])
-    host = '127.0.0.1' if host in ('0.0.0.0', '::', '') else host
-    app = rtmp_app(config)
-    hook = 'http://%s/v1/hooks/nginx-rtmp?secret=%s' % (_host_port(host, port), hook_secret)
-    return NGINX_CONF.format(prefix=os.path.abspath(prefix), module=NGINX_RTMP_MODULE,
-                             rtmp_port=rtmp_port, http_port=http_port, http_host=http_host,
-                             app=app, hook=hook,
-                             update_interval=config['ingest']['update_interval'])
-
 
 def _url_port(url):
     """The port a URL names, or its scheme's usual one; None if it names a bad one."""
@@ -3689,8 +3663,8 @@ def main(argv=None, environ=None):
         elif args.command == 'nginx-conf':
             for warning in nginx_port_warnings(config, args.rtmp_port, args.http_port):
                 print('livestream-api: warning: %s' % warning, file=sys.stderr)
-            conf_text = nginx_conf(config, app.livestream.hook_secret, args.rtmp_port,
-                                   args.http_port, args.prefix)
+            conf_text = app.livestream.node.conf(app.livestream.hook_secret, args.rtmp_port,
+                                                 args.http_port, args.prefix)
             if args.output:
                 write_private(args.output, conf_text)
             else:
