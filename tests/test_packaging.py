@@ -137,8 +137,10 @@ def test_wheel_client_create_prints_the_token_once(venv, elsewhere, tmp_path):
 
 
 def test_wheel_writes_nginx_conf_from_its_template(venv, elsewhere, tmp_path):
-    result = run([str(venv / 'bin' / 'livestream-api'), 'nginx-conf', '--db',
-                  str(tmp_path / 'x.db')], elsewhere, 60)
+    db = str(tmp_path / 'x.db')
+    run([str(venv / 'bin' / 'livestream-api'), 'init-db', '--db', db], elsewhere, 60)
+    result = run([str(venv / 'bin' / 'livestream-api'), 'nginx-conf', '--db', db],
+                 elsewhere, 60)
     assert '/v1/hooks/nginx-rtmp?secret=' in result.stdout
     assert 'rtmp_control all;' in result.stdout
 
