@@ -836,16 +836,13 @@ class Store:
                     'SELECT max_channels FROM users WHERE id = ?', (user_pk,)).fetchone()[0])
         return self.channel(client_pk, public_id), None
 
-    def update_channel(self, channel_pk, fields, now, new_key=False):
-        """Change a channel's fields (and key); a live stream is ended when the
-        channel is disabled or re-keyed. Returns the sessions ended (_end_live_sessions)."""
+    def update_channel(self, channel_pk, fields, now, reason=None):
+        """Change a channel's fields (stream_key among them); its live session, if
+        any, is ended for `reason` if given (decide_edit). Returns the sessions ended
+        (_end_live_sessions)."""
         columns = dict(fields)
         if 'metadata' in columns:
             columns['metadata'] = json.dumps(columns['metadata'])
-        if new_key:
-            columns['stream_key'] = new_stream_key()
-        reason = 'key_rotated' if new_key else (
-            'channel_disabled' if columns.get('enabled') is False else None)
         with self.transaction() as db:
             db.execute('UPDATE channels SET %s updated_at = ? WHERE id = ?'
                        % ''.join('%s = ?, ' % name for name in columns),
@@ -2362,7 +2359,8 @@ def _update_channel(channel_id, replace):
         fields = dict({'description': '', 'metadata': {}, 'enabled': True}, **fields)
     svc = service()
     if fields:
-        svc.kick(svc.store.update_channel(channel['id'], fields, svc.clock()))
+        svc.kick(svc.store.update_channel(channel['id'], fields, svc.clock(),
+                                          decide_edit(fields)))
     return envelope(_render_channel(_channel(channel_id)))
 
 
@@ -2390,7 +2388,8 @@ def rotate_key(channel_id):
     channel = _channel(channel_id)
     query(())
     svc = service()
-    svc.kick(svc.store.update_channel(channel['id'], {}, svc.clock(), new_key=True))
+    fields = {'stream_key': new_stream_key()}
+    svc.kick(svc.store.update_channel(channel['id'], fields, svc.clock(), decide_edit(fields)))
     return envelope(_render_channel(_channel(channel_id)))
 
 
@@ -2601,6 +2600,16 @@ def decide_limits(live, now, bitrate_kbps):
     if live['max_bitrate_kbps'] is not None and bitrate_kbps is not None and \
             bitrate_kbps > live['max_bitrate_kbps']:
         return 'max_bitrate'
+    return None
+
+
+def decide_edit(fields):
+    """The end a change of a channel's fields brings its live session (the encoder
+    may no longer be on air), or None."""
+    if 'stream_key' in fields:
+        return 'key_rotated'
+    if fields.get('enabled') is False:
+        return 'channel_disabled'
     return None
 
 

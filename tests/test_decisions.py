@@ -1,10 +1,10 @@
 """The ingest's rules, one table per decision: who may go live, which stream keeps
-its session, which may resume one, and which has passed a limit. Each decision
+its session, which may resume one, which has passed a limit, and which edit ends it. Each decision
 is a plain function over one read, so every case is a row here."""
 
 import pytest
 
-from livestream_api import (decide_left, decide_limits, decide_publish, decide_resume,
+from livestream_api import (decide_edit, decide_left, decide_limits, decide_publish, decide_resume,
                             decide_update, measured_bitrate)
 
 NOW = 1_800_000_000.0
@@ -180,3 +180,18 @@ BITRATE = [
                          ids=[case[0] for case in BITRATE])
 def test_measured_bitrate(metrics, row, seconds, expected):
     assert measured_bitrate(metrics, row, row['started_at'] + seconds) == expected
+
+
+#: (case, the fields a PUT, PATCH or rotate-key writes) -> the live session's end
+EDITS = [
+    ('rename', {'name': 'x'}, None),
+    ('enable', {'enabled': True}, None),
+    ('disable', {'enabled': False, 'name': 'x'}, 'channel_disabled'),
+    ('new key', {'stream_key': KEY}, 'key_rotated'),
+]
+
+
+@pytest.mark.parametrize('fields, expected', [case[1:] for case in EDITS],
+                         ids=[case[0] for case in EDITS])
+def test_decide_edit(fields, expected):
+    assert decide_edit(fields) == expected
