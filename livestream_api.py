@@ -52,11 +52,16 @@ __version__ = '0.1.0'
 log = logging.getLogger('livestream')
 
 
+class LivestreamError(Exception):
+    """The base of every error this module raises on purpose (as bottle's
+    BottleException): ConfigError, DatabaseGone, ApiError, HookDenied, CannotListen."""
+
+
 ###############################################################################
 # Configuration ################################################################
 ###############################################################################
 
-class ConfigError(Exception):
+class ConfigError(LivestreamError):
     """A configuration file, key or value that cannot be used."""
 
 
@@ -275,7 +280,7 @@ def _warn_if_readable_by_others(path):
                             'chmod 600 it', name, os.stat(name).st_mode & 0o777)
 
 
-class DatabaseGone(sqlite3.DatabaseError):
+class DatabaseGone(sqlite3.DatabaseError, LivestreamError):
     """The database file was deleted or replaced under the running service."""
 
 
@@ -1168,7 +1173,7 @@ EC_BY_STATUS = {400: EC_BAD_REQUEST, 401: EC_UNAUTHORIZED, 403: EC_FORBIDDEN,
                 429: EC_THROTTLED, 409: EC_CONFLICT}
 
 
-class ApiError(bottle.HTTPError):
+class ApiError(bottle.HTTPError, LivestreamError):
     """Every failure the API answers: raised anywhere, rendered by error_body()."""
 
     def __init__(self, status, ec, msg, data=None, **headers):
@@ -1371,8 +1376,18 @@ def authenticate(app):
                        WWW_Authenticate='Basic realm="livestream"')
     request.environ['livestream.client'] = client
     request.environ['livestream.token_id'] = client['token_id']
-    if request.path.startswith('/v1/clients') and client['role'] != 'admin':
+    if client['role'] != 'admin' and admin_only(svc, request.environ):
         raise ApiError(403, EC_FORBIDDEN, 'this endpoint needs an admin token')
+
+
+def admin_only(svc, environ):
+    """Whether the path is an admin route's (ROUTES), by any method: an app client
+    learns neither which methods it allows nor which ids exist."""
+    try:
+        svc.admin_paths.match(environ)
+    except bottle.HTTPError:  # no admin route has this path
+        return False
+    return True
 
 
 def caller():
@@ -1557,18 +1572,19 @@ def page_params(extra=()):
     return params, after, int(limit)
 
 
-def page(rows, total, limit, render):
-    """A list answer: {items, total, nextCursor} from up to limit + 1 rows."""
-    more = len(rows) > limit
-    rows = rows[:limit]
-    return {'items': [render(row) for row in rows], 'total': total,
-            'nextCursor': next_cursor(rows[-1]['id']) if more else None}
+def page(items, total, after):
+    """Every list answer: {items, total, nextCursor}. `items` a list, or a JSON array
+    as RawJSON (channels, made by SQLite); `after` the next page's (None: the last)."""
+    cursor = None if after is None else next_cursor(after)
+    if isinstance(items, RawJSON):
+        return RawJSON('{"items":%s,"total":%d,"nextCursor":%s}'
+                       % (items, total, json.dumps(cursor)))
+    return {'items': items, 'total': total, 'nextCursor': cursor}
 
 
-def json_page(items, more, after, total):
-    """page() for items already rendered as a JSON array."""
-    return RawJSON('{"items":%s,"total":%d,"nextCursor":%s}'
-                   % (items, total, json.dumps(next_cursor(after) if more else None)))
+def window(rows, limit):
+    """(The page's rows, the next page's `after` or None) from up to limit + 1 rows."""
+    return rows[:limit], (rows[limit - 1]['id'] if len(rows) > limit else None)
 
 
 def next_cursor(after):
@@ -2031,6 +2047,8 @@ class Service:
         self.purger = Purger(self.store, clock, config['ingest']['sample_retention_days'])
         self.started = time.monotonic()
         self.hook_secret = None
+        #: The paths of the admin routes, by any method (create_app; admin_only()).
+        self.admin_paths = bottle.Router()
         self._next_stale_check = float('-inf')
         #: sha256(Authorization header) -> (client row, valid until, login_stamp()
         #: when read): a verified login is trusted for LOGIN_SECONDS, so most requests
@@ -2139,7 +2157,8 @@ def list_clients():
     """GET /v1/clients: every client, newest first, without secrets."""
     _, after, limit = page_params()
     rows, total = service().store.list_clients(after, limit)
-    return envelope(page(rows, total, limit, client_json))
+    rows, after = window(rows, limit)
+    return envelope(page([client_json(row) for row in rows], total, after))
 
 
 def _client(client_id):
@@ -2228,7 +2247,6 @@ def put_user(user_id):
         raise invalid({'userId': 'must be 1-64 characters of A-Z a-z 0-9 _ . -'})
     limits = check_limits(body)
     svc = service()
-    svc.end_stale_sessions()
     user, created = svc.store.put_user(client_pk, user_id, limits, svc.default_limits,
                                        svc.clock(), replace=True)
     if user is None:  # its client was deleted since the request began
@@ -2242,7 +2260,6 @@ def patch_user(user_id):
     query({'clientId'})
     limits = check_limits(read_json(max_body()))
     svc = service()
-    svc.end_stale_sessions()
     user, _ = svc.store.put_user(user['client_id'], user_id, limits, svc.default_limits,
                                  svc.clock(), replace=False)
     if user is None:  # deleted since _existing_user found it
@@ -2252,7 +2269,6 @@ def patch_user(user_id):
 
 def get_user(user_id):
     """GET /v1/users/{userId}."""
-    service().end_stale_sessions()
     user = _existing_user(user_id)
     query({'clientId'})
     return envelope(user_json(user, is_admin(caller())))
@@ -2263,10 +2279,10 @@ def list_users():
     client_pk = owner(for_list=True)
     _, after, limit = page_params({'clientId'})
     svc = service()
-    svc.end_stale_sessions()
     rows, total = svc.store.list_users(client_pk, after, limit)
     admin = is_admin(caller())
-    return envelope(page(rows, total, limit, lambda row: user_json(row, admin)))
+    rows, after = window(rows, limit)
+    return envelope(page([user_json(row, admin) for row in rows], total, after))
 
 
 def delete_user(user_id):
@@ -2288,7 +2304,6 @@ def _channel(channel_id):
     """The channel if the caller may see it; 404 otherwise, whoever owns it."""
     client = caller()
     svc = service()
-    svc.end_stale_sessions()
     channel = PUBLIC_ID.match(channel_id) and svc.store.channel(
         None if is_admin(client) else client['id'], channel_id)
     if not channel:
@@ -2338,9 +2353,9 @@ def list_channels():
     if user_id is not None and not USER_ID.match(user_id):
         raise bad_request('userId must be 1-64 characters of A-Z a-z 0-9 _ . -')
     svc = service()
-    svc.end_stale_sessions()
-    return envelope(json_page(*svc.store.list_channels(
-        client_pk, user_id, status, q, after, limit, is_admin(caller()))))
+    items, more, after, total = svc.store.list_channels(
+        client_pk, user_id, status, q, after, limit, is_admin(caller()))
+    return envelope(page(RawJSON(items), total, after if more else None))
 
 
 def get_channel(channel_id):
@@ -2428,7 +2443,8 @@ def list_sessions(channel_id):
         raise not_found('channel')
     rows, total = found
     now = svc.clock()
-    return envelope(page(rows, total, limit, lambda row: session_json(row, now)))
+    rows, after = window(rows, limit)
+    return envelope(page([session_json(row, now) for row in rows], total, after))
 
 
 #: GET /v1/channels/{id}/sessions/{sessionId}: how many points of samples by default,
@@ -2462,7 +2478,6 @@ def system_stats():
     query(())
     client = caller()
     svc = service()
-    svc.end_stale_sessions()
     admin = is_admin(client)
     totals, live = svc.store.totals(None if admin else client['id'], svc.clock())
     stats = {'users': totals['users'], 'channels': totals['channels'],
@@ -2615,7 +2630,7 @@ def decide_edit(fields):
 
 # The hooks ####################################################################
 
-class HookDenied(Exception):
+class HookDenied(LivestreamError):
     """The ingest must refuse (or drop) this stream; the message says why."""
 
 
@@ -2916,7 +2931,8 @@ def openapi_document():
     paths = {}
 
     def route(method, path, handler, summary, answers, errors='', parameters=(), body=None,
-              admin=False, public=False, media='application/json'):
+              public=False, media='application/json'):
+        admin = any(route.admin for route in ROUTES if route.handler is handler)
         answers = dict(answers)
         for code in sorted(errors.split() + ([] if public else ['400', '401', '429'])
                            + (['403'] if admin else [])):
@@ -2936,16 +2952,15 @@ def openapi_document():
           {'201': _success('The client with its tokenSecret', ref('ClientWithSecret'))},
           '413 422', body=_closed({'name': name, 'role': {'enum': ['app', 'admin'],
                                                           'default': 'app'}},
-                                  optional=('role',)), admin=True)
+                                  optional=('role',)))
     route('GET', '/v1/clients', list_clients, 'List API clients, newest first',
-          {'200': _success('A page of clients', _list_of(ref('Client')))}, parameters=page,
-          admin=True)
+          {'200': _success('A page of clients', _list_of(ref('Client')))}, parameters=page)
     route('POST', '/v1/clients/{clientId}/rotate', rotate_client, "Replace a client's secret",
           {'200': _success('The client with its new tokenSecret', ref('ClientWithSecret'))},
-          '404 409', [client_path], admin=True)
+          '404 409', [client_path])
     route('DELETE', '/v1/clients/{clientId}', delete_client, 'Delete a client (409 while it '
           'owns users, unless force)', {'204': _success('Deleted')}, '404 409',
-          [client_path, force], admin=True)
+          [client_path, force])
     the_user = {'200': _success('The user', ref('User'))}
     route('PUT', '/v1/users/{userId}', put_user, "Create or replace a user's limits (left out: "
           'the configured defaults)', dict(the_user, **{'201': _success(
@@ -3060,32 +3075,49 @@ def openapi():
 # Building the app #############################################################
 ###############################################################################
 
-#: (method, path, handler): the whole HTTP surface, in API.md's order, but for the
-#: ingest hooks: one POST /v1/hooks/<kind> per ingest kind (create_app).
+#: A route, and what is done before its handler: `admin`, only an admin client may
+#: call it (authenticate; an app client gets 403 whatever the method or id);
+#: `sweeps`, stale sessions end first (Service.end_stale_sessions), so that what it
+#: reads or limits shows no dead stream live.
+Route = collections.namedtuple('Route', 'method path handler admin sweeps',
+                               defaults=(False, False))
+
+#: The whole HTTP surface, in API.md's order, but for the ingest hooks: one
+#: POST /v1/hooks/<kind> per ingest kind (create_app).
 ROUTES = [
-    ('POST', '/v1/clients', create_client),
-    ('GET', '/v1/clients', list_clients),
-    ('POST', '/v1/clients/<client_id>/rotate', rotate_client),
-    ('DELETE', '/v1/clients/<client_id>', delete_client),
-    ('PUT', '/v1/users/<user_id>', put_user),
-    ('PATCH', '/v1/users/<user_id>', patch_user),
-    ('GET', '/v1/users/<user_id>', get_user),
-    ('GET', '/v1/users', list_users),
-    ('DELETE', '/v1/users/<user_id>', delete_user),
-    ('POST', '/v1/channels', create_channel),
-    ('GET', '/v1/channels', list_channels),
-    ('GET', '/v1/channels/<channel_id>', get_channel),
-    ('PUT', '/v1/channels/<channel_id>', put_channel),
-    ('PATCH', '/v1/channels/<channel_id>', patch_channel),
-    ('DELETE', '/v1/channels/<channel_id>', delete_channel),
-    ('POST', '/v1/channels/<channel_id>/rotate-key', rotate_key),
-    ('GET', '/v1/channels/<channel_id>/stats', channel_stats),
-    ('GET', '/v1/channels/<channel_id>/sessions', list_sessions),
-    ('GET', '/v1/channels/<channel_id>/sessions/<session_id>', get_session),
-    ('GET', '/v1/stats', system_stats),
-    ('GET', '/v1/health', health),
-    ('GET', '/v1/openapi.json', openapi),
+    Route('POST', '/v1/clients', create_client, admin=True),
+    Route('GET', '/v1/clients', list_clients, admin=True),
+    Route('POST', '/v1/clients/<client_id>/rotate', rotate_client, admin=True),
+    Route('DELETE', '/v1/clients/<client_id>', delete_client, admin=True),
+    Route('PUT', '/v1/users/<user_id>', put_user, sweeps=True),
+    Route('PATCH', '/v1/users/<user_id>', patch_user, sweeps=True),
+    Route('GET', '/v1/users/<user_id>', get_user, sweeps=True),
+    Route('GET', '/v1/users', list_users, sweeps=True),
+    Route('DELETE', '/v1/users/<user_id>', delete_user),
+    Route('POST', '/v1/channels', create_channel),
+    Route('GET', '/v1/channels', list_channels, sweeps=True),
+    Route('GET', '/v1/channels/<channel_id>', get_channel, sweeps=True),
+    Route('PUT', '/v1/channels/<channel_id>', put_channel, sweeps=True),
+    Route('PATCH', '/v1/channels/<channel_id>', patch_channel, sweeps=True),
+    Route('DELETE', '/v1/channels/<channel_id>', delete_channel, sweeps=True),
+    Route('POST', '/v1/channels/<channel_id>/rotate-key', rotate_key, sweeps=True),
+    Route('GET', '/v1/channels/<channel_id>/stats', channel_stats, sweeps=True),
+    Route('GET', '/v1/channels/<channel_id>/sessions', list_sessions, sweeps=True),
+    Route('GET', '/v1/channels/<channel_id>/sessions/<session_id>', get_session, sweeps=True),
+    Route('GET', '/v1/stats', system_stats, sweeps=True),
+    Route('GET', '/v1/health', health),
+    Route('GET', '/v1/openapi.json', openapi),
 ]
+
+
+
+def _sweeping(handler):
+    """The handler of a route that sweeps: stale sessions end before it runs."""
+    @functools.wraps(handler)
+    def sweeping(**args):
+        service().end_stale_sessions()
+        return handler(**args)
+    return sweeping
 
 
 def create_app(config=None, clock=time.time):
@@ -3098,8 +3130,11 @@ def create_app(config=None, clock=time.time):
     svc.hook_secret = config['ingest']['hook_secret'] or svc.store.setting(
         'hook_secret', lambda: secrets.token_urlsafe(32))
     app.add_hook('before_request', lambda: authenticate(app))
-    for method, path, handler in ROUTES:
-        app.route(path, method, handler)
+    for route in ROUTES:
+        app.route(route.path, route.method, _sweeping(route.handler) if route.sweeps
+                  else route.handler)
+        if route.admin:
+            svc.admin_paths.add(route.path, 'ANY', route)
     for kind in svc.nodes:  # POST /v1/hooks/nginx-rtmp, and one for each other kind
         app.route('/v1/hooks/%s' % kind, 'POST', functools.partial(ingest_hook, kind))
     app.default_error_handler = error_body
@@ -3297,7 +3332,7 @@ HOOK_LISTENER = {'threads': 4, 'connection_limit': 256, 'max_request_body_size':
                  'max_request_header_size': 8192}
 
 
-class CannotListen(Exception):
+class CannotListen(LivestreamError):
     """A listening address that cannot be bound (in use, or not this host's)."""
 
 
