@@ -1341,7 +1341,7 @@ def authenticate(app):
     if header is not None and len(header) > MAX_AUTHORIZATION_BYTES:
         raise bad_request('the Authorization header is over %d bytes' % MAX_AUTHORIZATION_BYTES)
     addr = client_addr(request.environ, svc.config['server']['trusted_proxies'])
-    now = time.monotonic()
+    now = svc.clock()
     if header is not None:
         wait = throttle.held_for(addr, now)
         if wait:
