@@ -4,9 +4,27 @@ The App Server creates channels and user limits over HTTP; the ingest server
 (nginx-rtmp) asks this service, through its notify hooks, whether a stream may
 go live and keeps it informed while it is. One module, one SQLite file.
 
-Read top to bottom: configuration, the store (all SQL), authentication, the
-envelope and errors, validation, the routes by resource, the ingest hooks,
-serving, and the command line.
+Reading map, top to bottom, each section and its one job:
+
+  Configuration        the ini file and environment, checked, as one dict
+  Store                every SQL statement; only reads and writes
+  Envelope and errors  the JSON answer, success or failure, and its `ec`
+  Authentication       who is calling (HTTP Basic, the throttle, admin routes)
+  Validation           request bodies and query strings to clean values, or 4xx;
+                       list pages and their cursors
+  Presentation         rows to API objects
+  Ingest nodes         one adapter per ingest kind: hook to IngestEvent, stats,
+                       drop, config; then the stats poller and the kicker
+  Background work      the Purger: what force deletes marked, old samples
+  The application      Service: what every route shares (store, clock, workers)
+  Clients ... Stats    the routes, by resource, in API.md's order
+  Ingest hooks         the decisions (plain functions), then the events acting
+                       on them, and the POST /v1/hooks/<kind> route
+  OpenAPI description  the document of ROUTES
+  Building the app     ROUTES (with admin and sweeps) and create_app()
+  Serving              logs, listeners and serve()
+  nginx-rtmp ports     warnings for the nginx-conf command
+  Command line         main()
 """
 
 import argparse
@@ -888,21 +906,21 @@ class Store:
                    'AND %s' % channel_filter, args)
         return ended
 
-    def end_session(self, session_id, reason, ended_at):
+    def end_session(self, session_pk, reason, ended_at):
         with self.transaction() as db:
-            self._end_session(db, session_id, reason, ended_at)
+            self._end_session(db, session_pk, reason, ended_at)
 
-    def left_after_stale(self, session_id):
+    def left_after_stale(self, session_pk):
         """Record that the publisher of a session ended as stale has since left."""
         with self.transaction(channels=False) as db:
             db.execute("UPDATE sessions SET end_reason = 'publisher_left' WHERE id = ? "
-                       "AND end_reason = 'stale'", (session_id,))
+                       "AND end_reason = 'stale'", (session_pk,))
 
-    def _end_session(self, db, session_id, reason, ended_at):
+    def _end_session(self, db, session_pk, reason, ended_at):
         db.execute('UPDATE sessions SET %s WHERE id = ? AND ended_at IS NULL' % self._ENDING,
-                   (ended_at, reason, ended_at, ended_at, session_id))
+                   (ended_at, reason, ended_at, ended_at, session_pk))
         db.execute('UPDATE channels SET live_session_id = NULL WHERE live_session_id = ?',
-                   (session_id,))
+                   (session_pk,))
 
     def oldest_open_session(self):
         """The earliest last-seen time of the open sessions, or None."""
@@ -930,28 +948,29 @@ class Store:
         user's limits and its open session (the session columns NULL when idle)."""
         return self._cached_row(
             'SELECT c.id, c.live_session_id, u.max_bitrate_kbps, u.max_session_seconds, '
-            's.public_id AS session_id, s.ingest_client, s.started_at, s.last_seen_at, '
-            's.bytes_in, s.sampled_at FROM channels c '
+            's.public_id AS session_id, s.ingest_client AS connection, s.started_at, '
+            's.last_seen_at, s.bytes_in, s.sampled_at FROM channels c '
             + _LIVE_OWNERS + 'LEFT JOIN sessions s ON s.id = c.live_session_id '
             'WHERE c.public_id = ?', (public_id,))
 
-    def session(self, session_id):
+    def session(self, session_pk):
         return self.db.execute('SELECT s.*, c.public_id AS channel_public_id FROM sessions s '
                                'JOIN channels c ON c.id = s.channel_id WHERE s.id = ?',
-                               (session_id,)).fetchone()
+                               (session_pk,)).fetchone()
 
-    def last_session_of(self, channel_pk, ingest_client):
+    def last_session_of(self, channel_pk, connection):
         return self.db.execute('SELECT * FROM sessions WHERE channel_id = ? AND ingest_client = ? '
-                               'ORDER BY id DESC LIMIT 1', (channel_pk, ingest_client)).fetchone()
+                               'ORDER BY id DESC LIMIT 1', (channel_pk, connection)).fetchone()
 
-    def start_session(self, public_id, decide, ingest_client, addr, now, stale_cutoff):
+    def start_session(self, public_id, decide, connection, addr, now, stale_cutoff):
         """Open a session for a publish if decide(row) (decide_publish over this read)
         allows it, under the write lock so two publishes cannot both pass a limit.
         Returns (the session's public id, None) or (None, why not)."""
         with self.transaction() as db:
             channel = db.execute(
                 'SELECT c.id, c.user_pk, c.enabled, c.stream_key, c.live_session_id, '
-                'u.live_channels, u.max_live_channels, s.ingest_client, s.last_seen_at, '
+                'u.live_channels, u.max_live_channels, s.ingest_client AS connection, '
+                's.last_seen_at, '
                 '(SELECT count(*) FROM sessions o WHERE o.ended_at IS NULL AND o.last_seen_at < ? '
                 ' AND (SELECT user_pk FROM channels WHERE id = o.channel_id) = c.user_pk) '
                 'AS stale_live FROM channels c ' + _LIVE_OWNERS +
@@ -968,18 +987,18 @@ class Store:
             session_pk = db.execute(
                 'INSERT INTO sessions (public_id, channel_id, ingest_client, addr, started_at, '
                 'last_seen_at) VALUES (?, ?, ?, ?, ?, ?)',
-                (session_id, channel['id'], ingest_client, addr, now, now)).lastrowid
+                (session_id, channel['id'], connection, addr, now, now)).lastrowid
             db.execute('UPDATE channels SET live_session_id = ? WHERE id = ?',
                        (session_pk, channel['id']))
         return session_id, None
 
-    def record_sample(self, session_id, now, metrics):
+    def record_sample(self, session_pk, now, metrics):
         """Refresh an open session's last-seen time and, if measured, its metrics; one that
         ended meanwhile keeps the figures its channel's totals took (session_ended)."""
         with self.transaction(durable=False, channels=False) as db:
             if metrics is None:
                 db.execute('UPDATE sessions SET last_seen_at = ? WHERE id = ? '
-                           'AND ended_at IS NULL', (now, session_id))
+                           'AND ended_at IS NULL', (now, session_pk))
                 return
             updated = db.execute(
                 'UPDATE sessions SET last_seen_at = ?, sampled_at = ?, '
@@ -992,11 +1011,11 @@ class Store:
                  metrics['viewers'], metrics['viewers'],
                  json.dumps(metrics['video']) if metrics['video'] else None,
                  json.dumps(metrics['audio']) if metrics['audio'] else None,
-                 session_id)).rowcount
+                 session_pk)).rowcount
             if updated:
                 db.execute('INSERT INTO session_samples (session_id, at, bitrate_kbps, '
                            'bytes_in, viewers) VALUES (?, ?, ?, ?, ?)',
-                           (session_id, now, metrics['bitrateKbps'], metrics['bytesIn'],
+                           (session_pk, now, metrics['bitrateKbps'], metrics['bytesIn'],
                             metrics['viewers']))
 
     def add_viewer(self, public_id, delta):
@@ -1488,7 +1507,7 @@ def check_channel_field(name, value):
     return None, 'unknown field'
 
 
-def check_fields(body, allowed, required=()):
+def check_channel_fields(body, allowed, required=()):
     """Validate a body against `allowed` field names; 422 naming every bad one."""
     clean, errors = {}, {}
     for name in required:
@@ -2320,8 +2339,9 @@ def create_channel():
     """POST /v1/channels: a new channel for a user (created with default limits if new)."""
     client_pk = owner()
     query({'clientId'})
-    fields = check_fields(read_json(max_body()), ('userId', 'name', 'description', 'metadata'),
-                          required=('userId', 'name'))
+    fields = check_channel_fields(read_json(max_body()),
+                                  ('userId', 'name', 'description', 'metadata'),
+                                  required=('userId', 'name'))
     svc = service()
     channel, limit = svc.store.create_channel(client_pk, fields.pop('userId'), fields,
                                               svc.default_limits, svc.clock())
@@ -2369,7 +2389,8 @@ def _update_channel(channel_id, replace):
     channel = _channel(channel_id)
     query(())
     allowed = ('name', 'description', 'metadata', 'enabled')
-    fields = check_fields(read_json(max_body()), allowed, required=('name',) if replace else ())
+    fields = check_channel_fields(read_json(max_body()), allowed,
+                                  required=('name',) if replace else ())
     if replace:
         fields = dict({'description': '', 'metadata': {}, 'enabled': True}, **fields)
     svc = service()
@@ -2559,7 +2580,7 @@ def decide_publish(channel, key, connection, stale_cutoff):
     if not channel['enabled']:
         return Publish('channel is disabled', False, False)
     fresh = channel['live_session_id'] is not None and channel['last_seen_at'] >= stale_cutoff
-    if fresh and channel['ingest_client'] != connection:
+    if fresh and channel['connection'] != connection:
         return Publish('channel is already live from another connection', False, False)
     # Stale sessions count as ended, since they end as this one opens; so does this
     # channel's fresh one when its own connection publishes again (a takeover).
@@ -2575,7 +2596,7 @@ def decide_update(live, connection):
     'keep' its connection's open session, or 'orphan': it has none (decide_resume)."""
     if live is None:
         return 'refuse', 'channel was deleted'
-    if live['live_session_id'] is not None and live['ingest_client'] == connection:
+    if live['live_session_id'] is not None and live['connection'] == connection:
         return 'keep', None
     return 'orphan', None
 
