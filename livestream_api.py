@@ -1845,7 +1845,7 @@ class IngestStats:
     most once per `max_age` seconds with a short timeout, so a slow or dead stat URL
     never holds a hook for long."""
 
-    def __init__(self, url, parse, timeout=0.5, max_age=1.0, clock=time.monotonic):
+    def __init__(self, url, parse, clock, timeout=0.5, max_age=1.0):
         self.url, self.parse, self.timeout, self.max_age = url, parse, timeout, max_age
         self.clock = clock
         self._lock = threading.Lock()
@@ -1866,20 +1866,21 @@ class IngestStats:
             return snapshot
         with self._lock:
             if self._fetching is None:
-                self._fetch_started = self.clock()
+                self._fetch_started = time.monotonic()
                 self._fetching = threading.Thread(target=self._fetch, name='ingest-stat',
                                                   daemon=True)
                 self._fetching.start()
             fetching, started = self._fetching, self._fetch_started
-        fetching.join(max(0.0, started + self.timeout - self.clock()))
+        fetching.join(max(0.0, started + self.timeout - time.monotonic()))
         snapshot = self._snapshot
-        if snapshot and snapshot['at'] >= started:
+        if snapshot and snapshot['fetched'] >= started:
             return snapshot
-        return {'url': self.url, 'reachable': False, 'streams': {}, 'at': started}
+        return {'url': self.url, 'reachable': False, 'streams': {}, 'at': self.clock(),
+                'fetched': started}
 
     def _fetch(self):
         """Fetch and parse the stat XML (at most 8 MiB, within 10 timeouts in all)."""
-        deadline = self.clock() + 10 * self.timeout
+        deadline = time.monotonic() + 10 * self.timeout
         try:
             with urllib.request.urlopen(self.url, timeout=self.timeout) as answer:
                 body = b''
@@ -1888,14 +1889,14 @@ class IngestStats:
                     if not chunk:
                         break
                     body += chunk
-                    if self.clock() > deadline:
+                    if time.monotonic() > deadline:
                         raise TimeoutError('the answer took over %g s' % (10 * self.timeout))
             streams, reachable = self.parse(body), True
         except Exception as error:  # a background fetch: any failure means unreachable
             log.warning('ingest statistics unavailable from %s: %s', self.url, error)
             streams, reachable = {}, False
         self._snapshot = {'url': self.url, 'reachable': reachable, 'streams': streams,
-                          'at': self.clock()}
+                          'at': self.clock(), 'fetched': time.monotonic()}
         with self._lock:
             self._fetching = None
 
@@ -2059,7 +2060,7 @@ class Service:
         #: [ingest] URLs point at, whose stats are polled and publishers kicked.
         self.nodes = {kind: adapter(config) for kind, adapter in INGEST_KINDS.items()}
         self.node = self.nodes['nginx-rtmp']
-        self.ingest = IngestStats(config['ingest']['stat_url'], self.node.parse_stats)
+        self.ingest = IngestStats(config['ingest']['stat_url'], self.node.parse_stats, clock)
         control_url = config['ingest']['control_url']
         #: Drops the publisher of a session the API ends (None: [ingest] control_url empty).
         self.kicker = Kicker(self.node, control_url) if control_url else None
