@@ -4,9 +4,27 @@ The App Server creates channels and user limits over HTTP; the ingest server
 (nginx-rtmp) asks this service, through its notify hooks, whether a stream may
 go live and keeps it informed while it is. One module, one SQLite file.
 
-Read top to bottom: configuration, the store (all SQL), authentication, the
-envelope and errors, validation, the routes by resource, the ingest hooks,
-serving, and the command line.
+Reading map, top to bottom, each section and its one job:
+
+  Configuration        the ini file and environment, checked, as one dict
+  Store                every SQL statement; only reads and writes
+  Envelope and errors  the JSON answer, success or failure, and its `ec`
+  Authentication       who is calling (HTTP Basic, the throttle, admin routes)
+  Validation           request bodies and query strings to clean values, or 4xx;
+                       list pages and their cursors
+  Presentation         rows to API objects
+  Ingest nodes         one adapter per ingest kind: hook to IngestEvent, stats,
+                       drop, config; then the stats poller and the kicker
+  Background work      the Purger: what force deletes marked, old samples
+  The application      Service: what every route shares (store, clock, workers)
+  Clients ... Stats    the routes, by resource, in API.md's order
+  Ingest hooks         the decisions (plain functions), then the events acting
+                       on them, and the POST /v1/hooks/<kind> route
+  OpenAPI description  the document of ROUTES
+  Building the app     ROUTES (with admin and sweeps) and create_app()
+  Serving              logs, listeners and serve()
+  nginx-rtmp ports     warnings for the nginx-conf command
+  Command line         main()
 """
 
 import argparse
@@ -52,11 +70,16 @@ __version__ = '0.1.0'
 log = logging.getLogger('livestream')
 
 
+class LivestreamError(Exception):
+    """The base of every error this module raises on purpose (as bottle's
+    BottleException): ConfigError, DatabaseGone, ApiError, HookDenied, CannotListen."""
+
+
 ###############################################################################
 # Configuration ################################################################
 ###############################################################################
 
-class ConfigError(Exception):
+class ConfigError(LivestreamError):
     """A configuration file, key or value that cannot be used."""
 
 
@@ -232,14 +255,19 @@ def load_config(path=None, environ=None, overrides=None):
 # Store: every SQL statement lives here #######################################
 ###############################################################################
 
-def _schema_path():
-    """schema.sql beside this file (a checkout), else where the wheel put it."""
-    for candidate in (Path(__file__).with_name('schema.sql'),
-                      Path(sys.prefix) / 'share' / 'livestream-api' / 'schema.sql'):
+def _data_path(name):
+    """A data file (schema.sql, nginx.conf.template) beside this file (a checkout),
+    else where the wheel put it."""
+    for candidate in (Path(__file__).with_name(name),
+                      Path(sys.prefix) / 'share' / 'livestream-api' / name):
         if candidate.is_file():
             return candidate
-    raise FileNotFoundError('schema.sql not found beside %s or under %s/share/livestream-api'
-                            % (__file__, sys.prefix))
+    raise FileNotFoundError('%s not found beside %s or under %s/share/livestream-api'
+                            % (name, __file__, sys.prefix))
+
+
+def _schema_path():
+    return _data_path('schema.sql')
 
 
 def _migrations():
@@ -278,7 +306,7 @@ def _warn_if_readable_by_others(path):
                             'chmod 600 it', name, os.stat(name).st_mode & 0o777)
 
 
-class DatabaseGone(sqlite3.DatabaseError):
+class DatabaseGone(sqlite3.DatabaseError, LivestreamError):
     """The database file was deleted or replaced under the running service."""
 
 
@@ -891,16 +919,13 @@ class Store:
                     'SELECT max_channels FROM users WHERE id = ?', (user_pk,)).fetchone()[0])
         return self.channel(client_pk, public_id), None
 
-    def update_channel(self, channel_pk, fields, now, new_key=False):
-        """Change a channel's fields (and key); a live stream is ended when the
-        channel is disabled or re-keyed. Returns the sessions ended (_end_live_sessions)."""
+    def update_channel(self, channel_pk, fields, now, reason=None):
+        """Change a channel's fields (stream_key among them); its live session, if
+        any, is ended for `reason` if given (decide_edit). Returns the sessions ended
+        (_end_live_sessions)."""
         columns = dict(fields)
         if 'metadata' in columns:
             columns['metadata'] = json.dumps(columns['metadata'])
-        if new_key:
-            columns['stream_key'] = new_stream_key()
-        reason = 'key_rotated' if new_key else (
-            'channel_disabled' if columns.get('enabled') is False else None)
         with self.transaction() as db:
             db.execute('UPDATE channels SET %s updated_at = ? WHERE id = ?'
                        % ''.join('%s = ?, ' % name for name in columns),
@@ -941,21 +966,21 @@ class Store:
                    'AND %s' % channel_filter, args)
         return ended
 
-    def end_session(self, session_id, reason, ended_at):
+    def end_session(self, session_pk, reason, ended_at):
         with self.transaction() as db:
-            self._end_session(db, session_id, reason, ended_at)
+            self._end_session(db, session_pk, reason, ended_at)
 
-    def left_after_stale(self, session_id):
+    def left_after_stale(self, session_pk):
         """Record that the publisher of a session ended as stale has since left."""
         with self.transaction(channels=False) as db:
             db.execute("UPDATE sessions SET end_reason = 'publisher_left' WHERE id = ? "
-                       "AND end_reason = 'stale'", (session_id,))
+                       "AND end_reason = 'stale'", (session_pk,))
 
-    def _end_session(self, db, session_id, reason, ended_at):
+    def _end_session(self, db, session_pk, reason, ended_at):
         db.execute('UPDATE sessions SET %s WHERE id = ? AND ended_at IS NULL' % self._ENDING,
-                   (ended_at, reason, ended_at, ended_at, session_id))
+                   (ended_at, reason, ended_at, ended_at, session_pk))
         db.execute('UPDATE channels SET live_session_id = NULL WHERE live_session_id = ?',
-                   (session_id,))
+                   (session_pk,))
 
     def oldest_open_session(self):
         """The earliest last-seen time of the open sessions, or None."""
@@ -983,28 +1008,29 @@ class Store:
         user's limits and its open session (the session columns NULL when idle)."""
         return self._cached_row(
             'SELECT c.id, c.live_session_id, u.max_bitrate_kbps, u.max_session_seconds, '
-            's.public_id AS session_id, s.ingest_client, s.started_at, s.last_seen_at, '
-            's.bytes_in, s.sampled_at FROM channels c '
+            's.public_id AS session_id, s.ingest_client AS connection, s.started_at, '
+            's.last_seen_at, s.bytes_in, s.sampled_at FROM channels c '
             + _LIVE_OWNERS + 'LEFT JOIN sessions s ON s.id = c.live_session_id '
             'WHERE c.public_id = ?', (public_id,))
 
-    def session(self, session_id):
+    def session(self, session_pk):
         return self.db.execute('SELECT s.*, c.public_id AS channel_public_id FROM sessions s '
                                'JOIN channels c ON c.id = s.channel_id WHERE s.id = ?',
-                               (session_id,)).fetchone()
+                               (session_pk,)).fetchone()
 
-    def last_session_of(self, channel_pk, ingest_client):
+    def last_session_of(self, channel_pk, connection):
         return self.db.execute('SELECT * FROM sessions WHERE channel_id = ? AND ingest_client = ? '
-                               'ORDER BY id DESC LIMIT 1', (channel_pk, ingest_client)).fetchone()
+                               'ORDER BY id DESC LIMIT 1', (channel_pk, connection)).fetchone()
 
-    def start_session(self, public_id, decide, ingest_client, addr, now, stale_cutoff):
+    def start_session(self, public_id, decide, connection, addr, now, stale_cutoff):
         """Open a session for a publish if decide(row) (decide_publish over this read)
         allows it, under the write lock so two publishes cannot both pass a limit.
         Returns (the session's public id, None) or (None, why not)."""
         with self.transaction() as db:
             channel = db.execute(
                 'SELECT c.id, c.user_pk, c.enabled, c.stream_key, c.live_session_id, '
-                'u.live_channels, u.max_live_channels, s.ingest_client, s.last_seen_at, '
+                'u.live_channels, u.max_live_channels, s.ingest_client AS connection, '
+                's.last_seen_at, '
                 '(SELECT count(*) FROM sessions o WHERE o.ended_at IS NULL AND o.last_seen_at < ? '
                 ' AND (SELECT user_pk FROM channels WHERE id = o.channel_id) = c.user_pk) '
                 'AS stale_live FROM channels c ' + _LIVE_OWNERS +
@@ -1021,18 +1047,18 @@ class Store:
             session_pk = db.execute(
                 'INSERT INTO sessions (public_id, channel_id, ingest_client, addr, started_at, '
                 'last_seen_at) VALUES (?, ?, ?, ?, ?, ?)',
-                (session_id, channel['id'], ingest_client, addr, now, now)).lastrowid
+                (session_id, channel['id'], connection, addr, now, now)).lastrowid
             db.execute('UPDATE channels SET live_session_id = ? WHERE id = ?',
                        (session_pk, channel['id']))
         return session_id, None
 
-    def record_sample(self, session_id, now, metrics):
+    def record_sample(self, session_pk, now, metrics):
         """Refresh an open session's last-seen time and, if measured, its metrics; one that
         ended meanwhile keeps the figures its channel's totals took (session_ended)."""
         with self.transaction(durable=False, channels=False) as db:
             if metrics is None:
                 db.execute('UPDATE sessions SET last_seen_at = ? WHERE id = ? '
-                           'AND ended_at IS NULL', (now, session_id))
+                           'AND ended_at IS NULL', (now, session_pk))
                 return
             updated = db.execute(
                 'UPDATE sessions SET last_seen_at = ?, sampled_at = ?, '
@@ -1045,11 +1071,11 @@ class Store:
                  metrics['viewers'], metrics['viewers'],
                  json.dumps(metrics['video']) if metrics['video'] else None,
                  json.dumps(metrics['audio']) if metrics['audio'] else None,
-                 session_id)).rowcount
+                 session_pk)).rowcount
             if updated:
                 db.execute('INSERT INTO session_samples (session_id, at, bitrate_kbps, '
                            'bytes_in, viewers) VALUES (?, ?, ?, ?, ?)',
-                           (session_id, now, metrics['bitrateKbps'], metrics['bytesIn'],
+                           (session_pk, now, metrics['bitrateKbps'], metrics['bytesIn'],
                             metrics['viewers']))
 
     def add_viewer(self, public_id, delta):
@@ -1226,7 +1252,7 @@ EC_BY_STATUS = {400: EC_BAD_REQUEST, 401: EC_UNAUTHORIZED, 403: EC_FORBIDDEN,
                 429: EC_THROTTLED, 409: EC_CONFLICT}
 
 
-class ApiError(bottle.HTTPError):
+class ApiError(bottle.HTTPError, LivestreamError):
     """Every failure the API answers: raised anywhere, rendered by error_body()."""
 
     def __init__(self, status, ec, msg, data=None, **headers):
@@ -1394,7 +1420,7 @@ def authenticate(app):
     if header is not None and len(header) > MAX_AUTHORIZATION_BYTES:
         raise bad_request('the Authorization header is over %d bytes' % MAX_AUTHORIZATION_BYTES)
     addr = client_addr(request.environ, svc.config['server']['trusted_proxies'])
-    now = time.monotonic()
+    now = svc.clock()
     if header is not None:
         wait = throttle.held_for(addr, now)
         if wait:
@@ -1429,8 +1455,18 @@ def authenticate(app):
                        WWW_Authenticate='Basic realm="livestream"')
     request.environ['livestream.client'] = client
     request.environ['livestream.token_id'] = client['token_id']
-    if request.path.startswith('/v1/clients') and client['role'] != 'admin':
+    if client['role'] != 'admin' and admin_only(svc, request.environ):
         raise ApiError(403, EC_FORBIDDEN, 'this endpoint needs an admin token')
+
+
+def admin_only(svc, environ):
+    """Whether the path is an admin route's (ROUTES), by any method: an app client
+    learns neither which methods it allows nor which ids exist."""
+    try:
+        svc.admin_paths.match(environ)
+    except bottle.HTTPError:  # no admin route has this path
+        return False
+    return True
 
 
 def caller():
@@ -1531,7 +1567,7 @@ def check_channel_field(name, value):
     return None, 'unknown field'
 
 
-def check_fields(body, allowed, required=()):
+def check_channel_fields(body, allowed, required=()):
     """Validate a body against `allowed` field names; 422 naming every bad one."""
     clean, errors = {}, {}
     for name in required:
@@ -1615,18 +1651,19 @@ def page_params(extra=()):
     return params, after, int(limit)
 
 
-def page(rows, total, limit, render):
-    """A list answer: {items, total, nextCursor} from up to limit + 1 rows."""
-    more = len(rows) > limit
-    rows = rows[:limit]
-    return {'items': [render(row) for row in rows], 'total': total,
-            'nextCursor': next_cursor(rows[-1]['id']) if more else None}
+def page(items, total, after):
+    """Every list answer: {items, total, nextCursor}. `items` a list, or a JSON array
+    as RawJSON (channels, made by SQLite); `after` the next page's (None: the last)."""
+    cursor = None if after is None else next_cursor(after)
+    if isinstance(items, RawJSON):
+        return RawJSON('{"items":%s,"total":%d,"nextCursor":%s}'
+                       % (items, total, json.dumps(cursor)))
+    return {'items': items, 'total': total, 'nextCursor': cursor}
 
 
-def json_page(items, more, after, total):
-    """page() for items already rendered as a JSON array."""
-    return RawJSON('{"items":%s,"total":%d,"nextCursor":%s}'
-                   % (items, total, json.dumps(next_cursor(after) if more else None)))
+def window(rows, limit):
+    """(The page's rows, the next page's `after` or None) from up to limit + 1 rows."""
+    return rows[:limit], (rows[limit - 1]['id'] if len(rows) > limit else None)
 
 
 def next_cursor(after):
@@ -1698,8 +1735,54 @@ def sample_json(row):
 
 
 ###############################################################################
-# Ingest statistics: nginx-rtmp's /stat XML ####################################
+# Ingest nodes: one adapter per kind ###########################################
 ###############################################################################
+# An ingest kind (nginx-rtmp today) is one small class: it turns its hook request
+# into a neutral IngestEvent, parses its stats into {stream name: metrics}, drops a
+# publisher, and writes its config. Sessions, limits and viewers see only events.
+
+#: A hook call in the API's words. `what`: publish, update, done, play or stop (None:
+#: a call the node makes that is acknowledged and ignored); `said`: the node's own
+#: name for the call (for logs); `connection`: the stream's connection at the node,
+#: unique among its publishers; `addr`: the encoder's address; `name`: the stream
+#: name (a channel id); `key`: the stream key it gave.
+IngestEvent = collections.namedtuple('IngestEvent', 'what said connection addr name key')
+
+#: Every ingest kind by name: each is served its hook at POST /v1/hooks/<kind>.
+INGEST_KINDS = {}
+
+
+def ingest_kind(cls):
+    """Class decorator: make an IngestNode subclass a kind of ingest."""
+    INGEST_KINDS[cls.kind] = cls
+    return cls
+
+
+class IngestNode:
+    """One kind of ingest server, as the API sees it; a subclass per kind says how."""
+
+    kind = None
+
+    def __init__(self, config):
+        self.config = config
+
+    def event(self, request):
+        """The IngestEvent a hook request carries; ApiError (400) when it is none."""
+        raise NotImplementedError
+
+    def parse_stats(self, body):
+        """{stream name: metrics} from the bytes its stats URL answered."""
+        raise NotImplementedError
+
+    def drop(self, url, session, timeout):
+        """Have the node whose control is at `url` drop this session's publisher (a
+        row of channel_id, session_id, connection); returns what the node said."""
+        raise NotImplementedError
+
+    def conf(self, hook_secret, rtmp_port, http_port, prefix, http_host='127.0.0.1'):
+        """The node's config file text, its hooks calling this API."""
+        raise NotImplementedError
+
 
 def _number(element, path, kind=int):
     text = element.findtext(path)
@@ -1734,12 +1817,97 @@ def parse_rtmp_stat(xml_bytes):
     return streams
 
 
-class IngestStats:
-    """The ingest's statistics, fetched at most once per `max_age` seconds with a
-    short timeout, so a slow or dead stat URL never holds a hook for long."""
 
-    def __init__(self, url, timeout=0.5, max_age=1.0, clock=time.monotonic):
-        self.url, self.timeout, self.max_age, self.clock = url, timeout, max_age, clock
+def rtmp_app(config):
+    """The RTMP application streams are published to: the last segment of rtmp_url."""
+    return config['ingest']['rtmp_url'].rsplit('/', 1)[-1] or 'live'
+
+
+def _form_fields(body):
+    """A form body as {name: first value}. nginx appends the stream's own query
+    string after its fields, so a publisher can repeat `name` or `call`: only the
+    first value is nginx's. (Cheaper than parse_qsl: most values need no decoding.)"""
+    form = {}
+    for pair in body.split('&'):
+        name, _, value = pair.partition('=')
+        if '%' in name or '+' in name:
+            name = urllib.parse.unquote_plus(name, errors='strict')
+        if name and name not in form:
+            form[name] = urllib.parse.unquote_plus(value, errors='strict') \
+                if '%' in value or '+' in value else value
+    return form
+
+
+#: Where Debian's libnginx-mod-rtmp puts the module.
+NGINX_RTMP_MODULE = '/usr/lib/nginx/modules/ngx_rtmp_module.so'
+
+
+@ingest_kind
+class NginxRtmp(IngestNode):
+    """nginx-rtmp: notify calls as form posts, `rtmp_stat all` XML, `rtmp_control all`
+    to drop, and nginx.conf from nginx.conf.template."""
+
+    kind = 'nginx-rtmp'
+    #: The notify calls acted on, and the event each is.
+    CALLS = {'publish': 'publish', 'update_publish': 'update', 'publish_done': 'done',
+             'play': 'play', 'play_done': 'stop'}
+    #: Its other notify calls: acknowledged (200) and ignored; any other is a 400.
+    OTHER_CALLS = ('connect', 'disconnect', 'done', 'record_done', 'update_play')
+
+    def event(self, request):
+        content_type = request.content_type.split(';')[0].strip().lower()
+        if content_type != 'application/x-www-form-urlencoded':
+            raise bad_request('hook body must be form data (application/x-www-form-urlencoded), '
+                              'not %r' % content_type)
+        try:
+            form = _form_fields(request.body.read().decode('utf-8'))
+        except ValueError:
+            raise bad_request('hook body is not UTF-8 form data')
+        call = form.get('call', '')
+        if not call:
+            raise bad_request('hook body has no call field')
+        if call not in self.CALLS and call not in self.OTHER_CALLS:
+            raise bad_request('unknown hook call %r' % call[:40])
+        return IngestEvent(self.CALLS.get(call), call, '%s/%s' % (
+            request.environ.get('REMOTE_ADDR'), form.get('clientid', '')),
+            form.get('addr', ''), form.get('name', ''), form.get('key', ''))
+
+    def parse_stats(self, body):
+        return parse_rtmp_stat(body)
+
+    def drop(self, url, session, timeout):
+        query = {'app': rtmp_app(self.config), 'name': session['channel_id']}
+        clientid = session['connection'].rpartition('/')[2]
+        if clientid:  # that connection only: not the encoder reconnecting with a new key
+            query['clientid'] = clientid
+        with urllib.request.urlopen('%s/drop/publisher?%s' % (
+                url, urllib.parse.urlencode(query)), timeout=timeout) as answer:
+            return '%s dropped' % answer.read(64).decode('ascii', 'replace').strip()
+
+    def conf(self, hook_secret, rtmp_port, http_port, prefix, http_host='127.0.0.1'):
+        """A complete nginx.conf whose rtmp application calls this API's hooks (on the
+        hook listener, else on the API's port)."""
+        server = self.config['server']
+        host, port = hook_address(server) or (server['host'], server['port'])
+        host = '127.0.0.1' if host in ('0.0.0.0', '::', '') else host
+        hook = 'http://%s/v1/hooks/%s?secret=%s' % (_host_port(host, port), self.kind,
+                                                    hook_secret)
+        return _data_path('nginx.conf.template').read_text().format(
+            prefix=os.path.abspath(prefix), module=NGINX_RTMP_MODULE, rtmp_port=rtmp_port,
+            http_port=http_port, http_host=http_host, app=rtmp_app(self.config), hook=hook,
+            update_interval=self.config['ingest']['update_interval'])
+
+
+# Polling stats and kicking publishers, for a node of any kind #################
+
+class IngestStats:
+    """The ingest's statistics (parsed by `parse`, its node's parse_stats), fetched at
+    most once per `max_age` seconds with a short timeout, so a slow or dead stat URL
+    never holds a hook for long."""
+
+    def __init__(self, url, parse, clock, timeout=0.5, max_age=1.0):
+        self.url, self.parse, self.timeout, self.max_age = url, parse, timeout, max_age
+        self.clock = clock
         self._lock = threading.Lock()
         self._snapshot = None
         self._fetching, self._fetch_started = None, None
@@ -1758,20 +1926,21 @@ class IngestStats:
             return snapshot
         with self._lock:
             if self._fetching is None:
-                self._fetch_started = self.clock()
+                self._fetch_started = time.monotonic()
                 self._fetching = threading.Thread(target=self._fetch, name='ingest-stat',
                                                   daemon=True)
                 self._fetching.start()
             fetching, started = self._fetching, self._fetch_started
-        fetching.join(max(0.0, started + self.timeout - self.clock()))
+        fetching.join(max(0.0, started + self.timeout - time.monotonic()))
         snapshot = self._snapshot
-        if snapshot and snapshot['at'] >= started:
+        if snapshot and snapshot['fetched'] >= started:
             return snapshot
-        return {'url': self.url, 'reachable': False, 'streams': {}, 'at': started}
+        return {'url': self.url, 'reachable': False, 'streams': {}, 'at': self.clock(),
+                'fetched': started}
 
     def _fetch(self):
         """Fetch and parse the stat XML (at most 8 MiB, within 10 timeouts in all)."""
-        deadline = self.clock() + 10 * self.timeout
+        deadline = time.monotonic() + 10 * self.timeout
         try:
             with urllib.request.urlopen(self.url, timeout=self.timeout) as answer:
                 body = b''
@@ -1780,34 +1949,25 @@ class IngestStats:
                     if not chunk:
                         break
                     body += chunk
-                    if self.clock() > deadline:
+                    if time.monotonic() > deadline:
                         raise TimeoutError('the answer took over %g s' % (10 * self.timeout))
-            streams, reachable = parse_rtmp_stat(body), True
+            streams, reachable = self.parse(body), True
         except Exception as error:  # a background fetch: any failure means unreachable
             log.warning('ingest statistics unavailable from %s: %s', self.url, error)
             streams, reachable = {}, False
         self._snapshot = {'url': self.url, 'reachable': reachable, 'streams': streams,
-                          'at': self.clock()}
+                          'at': self.clock(), 'fetched': time.monotonic()}
         with self._lock:
             self._fetching = None
-
-
-# Kicking publishers ###########################################################
-
-def rtmp_app(config):
-    """The RTMP application streams are published to: the last segment of rtmp_url."""
-    return config['ingest']['rtmp_url'].rsplit('/', 1)[-1] or 'live'
 
 
 class Kicker:
     """Drops publishers at one ingest node, off the request's path: kick() queues
     the sessions the API just ended, and a daemon thread (start/stop), or
-    run_once(), asks the node to drop each. One subclass per kind of node."""
+    run_once(), has the node's adapter drop each at its control `url`."""
 
-    kind = None
-
-    def __init__(self, url, timeout=1.0):
-        self.url, self.timeout = url, timeout
+    def __init__(self, node, url, timeout=1.0):
+        self.node, self.url, self.timeout = node, url, timeout
         self._queue = queue.Queue(maxsize=10000)
         self._thread = None
 
@@ -1833,7 +1993,7 @@ class Kicker:
 
     def start(self):
         if self._thread is None:
-            self._thread = threading.Thread(target=self._run, name='%s-kicker' % self.kind,
+            self._thread = threading.Thread(target=self._run, name='%s-kicker' % self.node.kind,
                                             daemon=True)
             self._thread.start()
 
@@ -1855,7 +2015,7 @@ class Kicker:
 
     def _send(self, session):
         try:
-            outcome = self.drop(session)
+            outcome = self.node.drop(self.url, session, self.timeout)
         except Exception as error:  # logged and left: see _failed
             self._failed(session, error)
         else:
@@ -1868,29 +2028,6 @@ class Kicker:
         log.warning('could not kick the publisher of channel %s (session %s) at %s: %s; '
                     'it is dropped at its next update hook', session['channel_id'],
                     session['session_id'], self.url, error)
-
-    def drop(self, session):
-        """Have the node drop this session's publisher; returns what the node said."""
-        raise NotImplementedError
-
-
-class NginxRtmpKicker(Kicker):
-    """nginx-rtmp's control module (`rtmp_control all` at `url`, see NGINX_CONF)."""
-
-    kind = 'nginx-rtmp'
-
-    def __init__(self, url, app, timeout=1.0):
-        super().__init__(url, timeout)
-        self.app = app
-
-    def drop(self, session):
-        query = {'app': self.app, 'name': session['channel_id']}
-        clientid = session['connection'].rpartition('/')[2]
-        if clientid:  # that connection only: not the encoder reconnecting with a new key
-            query['clientid'] = clientid
-        with urllib.request.urlopen('%s/drop/publisher?%s' % (
-                self.url, urllib.parse.urlencode(query)), timeout=self.timeout) as answer:
-            return '%s dropped' % answer.read(64).decode('ascii', 'replace').strip()
 
 
 ###############################################################################
@@ -1979,13 +2116,19 @@ class Service:
                            config['ingest']['hls_url'], config['database']['replicated'])
         self.throttle = Throttle(config['auth']['throttle_failures'],
                                  config['auth']['throttle_seconds'])
-        self.ingest = IngestStats(config['ingest']['stat_url'])
+        #: An adapter of each ingest kind, for its hook; `node` is the one the
+        #: [ingest] URLs point at, whose stats are polled and publishers kicked.
+        self.nodes = {kind: adapter(config) for kind, adapter in INGEST_KINDS.items()}
+        self.node = self.nodes['nginx-rtmp']
+        self.ingest = IngestStats(config['ingest']['stat_url'], self.node.parse_stats, clock)
         control_url = config['ingest']['control_url']
         #: Drops the publisher of a session the API ends (None: [ingest] control_url empty).
-        self.kicker = NginxRtmpKicker(control_url, rtmp_app(config)) if control_url else None
+        self.kicker = Kicker(self.node, control_url) if control_url else None
         self.purger = Purger(self.store, clock, config['ingest']['sample_retention_days'])
         self.started = time.monotonic()
         self.hook_secret = None
+        #: The paths of the admin routes, by any method (create_app; admin_only()).
+        self.admin_paths = bottle.Router()
         self._next_stale_check = float('-inf')
         #: sha256(Authorization header) -> (client row, valid until, login_stamp()
         #: when read): a verified login is trusted for LOGIN_SECONDS, so most requests
@@ -2094,7 +2237,8 @@ def list_clients():
     """GET /v1/clients: every client, newest first, without secrets."""
     _, after, limit = page_params()
     rows, total = service().store.list_clients(after, limit)
-    return envelope(page(rows, total, limit, client_json))
+    rows, after = window(rows, limit)
+    return envelope(page([client_json(row) for row in rows], total, after))
 
 
 def _client(client_id):
@@ -2183,7 +2327,6 @@ def put_user(user_id):
         raise invalid({'userId': 'must be 1-64 characters of A-Z a-z 0-9 _ . -'})
     limits = check_limits(body)
     svc = service()
-    svc.end_stale_sessions()
     user, created = svc.store.put_user(client_pk, user_id, limits, svc.default_limits,
                                        svc.clock(), replace=True)
     if user is None:  # its client was deleted since the request began
@@ -2197,7 +2340,6 @@ def patch_user(user_id):
     query({'clientId'})
     limits = check_limits(read_json(max_body()))
     svc = service()
-    svc.end_stale_sessions()
     user, _ = svc.store.put_user(user['client_id'], user_id, limits, svc.default_limits,
                                  svc.clock(), replace=False)
     if user is None:  # deleted since _existing_user found it
@@ -2207,7 +2349,6 @@ def patch_user(user_id):
 
 def get_user(user_id):
     """GET /v1/users/{userId}."""
-    service().end_stale_sessions()
     user = _existing_user(user_id)
     query({'clientId'})
     return envelope(user_json(user, is_admin(caller())))
@@ -2218,10 +2359,10 @@ def list_users():
     client_pk = owner(for_list=True)
     _, after, limit = page_params({'clientId'})
     svc = service()
-    svc.end_stale_sessions()
     rows, total = svc.store.list_users(client_pk, after, limit)
     admin = is_admin(caller())
-    return envelope(page(rows, total, limit, lambda row: user_json(row, admin)))
+    rows, after = window(rows, limit)
+    return envelope(page([user_json(row, admin) for row in rows], total, after))
 
 
 def delete_user(user_id):
@@ -2243,7 +2384,6 @@ def _channel(channel_id):
     """The channel if the caller may see it; 404 otherwise, whoever owns it."""
     client = caller()
     svc = service()
-    svc.end_stale_sessions()
     channel = PUBLIC_ID.match(channel_id) and svc.store.channel(
         None if is_admin(client) else client['id'], channel_id)
     if not channel:
@@ -2260,8 +2400,9 @@ def create_channel():
     """POST /v1/channels: a new channel for a user (created with default limits if new)."""
     client_pk = owner()
     query({'clientId'})
-    fields = check_fields(read_json(max_body()), ('userId', 'name', 'description', 'metadata'),
-                          required=('userId', 'name'))
+    fields = check_channel_fields(read_json(max_body()),
+                                  ('userId', 'name', 'description', 'metadata'),
+                                  required=('userId', 'name'))
     svc = service()
     channel, limit = svc.store.create_channel(client_pk, fields.pop('userId'), fields,
                                               svc.default_limits, svc.clock())
@@ -2293,9 +2434,9 @@ def list_channels():
     if user_id is not None and not USER_ID.match(user_id):
         raise bad_request('userId must be 1-64 characters of A-Z a-z 0-9 _ . -')
     svc = service()
-    svc.end_stale_sessions()
-    return envelope(json_page(*svc.store.list_channels(
-        client_pk, user_id, status, q, after, limit, is_admin(caller()))))
+    items, more, after, total = svc.store.list_channels(
+        client_pk, user_id, status, q, after, limit, is_admin(caller()))
+    return envelope(page(RawJSON(items), total, after if more else None))
 
 
 def get_channel(channel_id):
@@ -2309,12 +2450,14 @@ def _update_channel(channel_id, replace):
     channel = _channel(channel_id)
     query(())
     allowed = ('name', 'description', 'metadata', 'enabled')
-    fields = check_fields(read_json(max_body()), allowed, required=('name',) if replace else ())
+    fields = check_channel_fields(read_json(max_body()), allowed,
+                                  required=('name',) if replace else ())
     if replace:
         fields = dict({'description': '', 'metadata': {}, 'enabled': True}, **fields)
     svc = service()
     if fields:
-        svc.kick(svc.store.update_channel(channel['id'], fields, svc.clock()))
+        svc.kick(svc.store.update_channel(channel['id'], fields, svc.clock(),
+                                          decide_edit(fields)))
     return envelope(_render_channel(_channel(channel_id)))
 
 
@@ -2342,7 +2485,8 @@ def rotate_key(channel_id):
     channel = _channel(channel_id)
     query(())
     svc = service()
-    svc.kick(svc.store.update_channel(channel['id'], {}, svc.clock(), new_key=True))
+    fields = {'stream_key': new_stream_key()}
+    svc.kick(svc.store.update_channel(channel['id'], fields, svc.clock(), decide_edit(fields)))
     return envelope(_render_channel(_channel(channel_id)))
 
 
@@ -2381,7 +2525,8 @@ def list_sessions(channel_id):
         raise not_found('channel')
     rows, total = found
     now = svc.clock()
-    return envelope(page(rows, total, limit, lambda row: session_json(row, now)))
+    rows, after = window(rows, limit)
+    return envelope(page([session_json(row, now) for row in rows], total, after))
 
 
 #: GET /v1/channels/{id}/sessions/{sessionId}: how many points of samples by default,
@@ -2415,7 +2560,6 @@ def system_stats():
     query(())
     client = caller()
     svc = service()
-    svc.end_stale_sessions()
     admin = is_admin(client)
     totals, live = svc.store.totals(None if admin else client['id'], svc.clock())
     stats = {'users': totals['users'], 'channels': totals['channels'],
@@ -2500,7 +2644,7 @@ def decide_publish(channel, key, connection, stale_cutoff):
     if not channel['enabled']:
         return Publish('channel is disabled', False, False)
     fresh = channel['live_session_id'] is not None and channel['last_seen_at'] >= stale_cutoff
-    if fresh and channel['ingest_client'] != connection:
+    if fresh and channel['connection'] != connection:
         return Publish('channel is already live from another connection', False, False)
     # Stale sessions count as ended, since they end as this one opens; so does this
     # channel's fresh one when its own connection publishes again (a takeover).
@@ -2516,7 +2660,7 @@ def decide_update(live, connection):
     'keep' its connection's open session, or 'orphan': it has none (decide_resume)."""
     if live is None:
         return 'refuse', 'channel was deleted'
-    if live['live_session_id'] is not None and live['ingest_client'] == connection:
+    if live['live_session_id'] is not None and live['connection'] == connection:
         return 'keep', None
     return 'orphan', None
 
@@ -2559,9 +2703,19 @@ def decide_limits(live, now, bitrate_kbps):
     return None
 
 
+def decide_edit(fields):
+    """The end a change of a channel's fields brings its live session (the encoder
+    may no longer be on air), or None."""
+    if 'stream_key' in fields:
+        return 'key_rotated'
+    if fields.get('enabled') is False:
+        return 'channel_disabled'
+    return None
+
+
 # The hooks ####################################################################
 
-class HookDenied(Exception):
+class HookDenied(LivestreamError):
     """The ingest must refuse (or drop) this stream; the message says why."""
 
 
@@ -2574,8 +2728,9 @@ def _check_hook_secret(svc):
         raise ApiError(403, EC_FORBIDDEN, 'missing or wrong hook secret')
 
 
-def ingest_publish(svc, name, key, connection, addr):
-    """A publisher asks to go live on channel `name` with `key`."""
+def ingest_publish(svc, event):
+    """A publisher asks to go live on channel `event.name` with `event.key`."""
+    name, key, connection, addr = event.name, event.key, event.connection, event.addr
     now = svc.clock()
     cutoff = now - svc.stale_after
     session_id, why = svc.store.start_session(
@@ -2594,9 +2749,10 @@ def _figures(svc, name, live, now, max_age=None):
     return metrics and dict(metrics, bitrateKbps=measured_bitrate(metrics, live, now))
 
 
-def ingest_update(svc, name, key, connection, addr):
+def ingest_update(svc, event):
     """The ingest's periodic word on a live stream: refresh its figures, or deny
     (which drops the encoder) once the stream may no longer be on air."""
+    name, connection = event.name, event.connection
     now = svc.clock()
     live = svc.store.ingest_channel(name)
     action, why = decide_update(live, connection)
@@ -2606,7 +2762,7 @@ def ingest_update(svc, name, key, connection, addr):
         why = decide_resume(svc.store.last_session_of(live['id'], connection))
         if why:
             raise HookDenied(why)
-        ingest_publish(svc, name, key, connection, addr)
+        ingest_publish(svc, event)
         live = svc.store.ingest_channel(name)
         if decide_update(live, connection)[0] != 'keep':
             raise HookDenied('session was ended as it resumed')  # deleted, disabled, re-keyed
@@ -2622,8 +2778,9 @@ def ingest_update(svc, name, key, connection, addr):
     return {'allowed': True}
 
 
-def ingest_publish_done(svc, name, connection):
+def ingest_publish_done(svc, event):
     """The publisher left: end its connection's open session, with its last figures."""
+    name, connection = event.name, event.connection
     live = svc.store.ingest_channel(name)
     action = decide_update(live, connection)[0]
     if action == 'keep':
@@ -2643,78 +2800,39 @@ def ingest_publish_done(svc, name, connection):
     return {'ended': action == 'keep'}
 
 
-def ingest_play(svc, name, delta):
-    if svc.store.ingest_channel(name) is None:
+def ingest_play(svc, event):
+    """A viewer comes (play) or goes (stop)."""
+    if svc.store.ingest_channel(event.name) is None:
         raise HookDenied('no such channel')
-    svc.store.add_viewer(name, delta)
+    svc.store.add_viewer(event.name, 1 if event.what == 'play' else -1)
     return {'allowed': True}
 
 
-#: nginx-rtmp notify calls this service acts on; others are acknowledged.
-NGINX_CALLS = ('publish', 'update_publish', 'publish_done', 'play', 'play_done')
-#: nginx-rtmp's other notify calls: acknowledged (200) and ignored; any other is a 400.
-NGINX_OTHER_CALLS = ('connect', 'disconnect', 'done', 'record_done', 'update_play')
+#: What each event does.
+ON_EVENT = {'publish': ingest_publish, 'update': ingest_update, 'done': ingest_publish_done,
+            'play': ingest_play, 'stop': ingest_play}
 
 
-def _form_fields(body):
-    """A form body as {name: first value}. nginx appends the stream's own query
-    string after its fields, so a publisher can repeat `name` or `call`: only the
-    first value is nginx's. (Cheaper than parse_qsl: most values need no decoding.)"""
-    form = {}
-    for pair in body.split('&'):
-        name, _, value = pair.partition('=')
-        if '%' in name or '+' in name:
-            name = urllib.parse.unquote_plus(name, errors='strict')
-        if name and name not in form:
-            form[name] = urllib.parse.unquote_plus(value, errors='strict') \
-                if '%' in value or '+' in value else value
-    return form
-
-
-def nginx_rtmp_hook():
-    """POST /v1/hooks/nginx-rtmp: nginx-rtmp's on_* notify calls. 2xx allows,
-    403 refuses (or, for update_publish, drops the stream)."""
+def ingest_hook(kind):
+    """POST /v1/hooks/<kind>: an ingest node's hook calls, as its adapter reads them.
+    2xx allows, 403 refuses (or, for an update, drops the stream)."""
     svc = service()
     _check_hook_secret(svc)
     query({'secret'})
     if bottle.request.content_length > max_body():
         raise ApiError(413, EC_TOO_LARGE, 'hook body too large')
-    content_type = bottle.request.content_type.split(';')[0].strip().lower()
-    if content_type != 'application/x-www-form-urlencoded':
-        raise bad_request('hook body must be form data (application/x-www-form-urlencoded), '
-                          'not %r' % content_type)
-    try:
-        form = _form_fields(bottle.request.body.read().decode('utf-8'))
-    except ValueError:
-        raise bad_request('hook body is not UTF-8 form data')
-
-    def field(name):
-        return form.get(name, '')
-
-    call, name = field('call'), field('name')
-    connection = '%s/%s' % (bottle.request.environ.get('REMOTE_ADDR'), field('clientid'))
-    if not call:
-        raise bad_request('hook body has no call field')
-    if call not in NGINX_CALLS:
-        if call not in NGINX_OTHER_CALLS:
-            raise bad_request('unknown hook call %r' % call[:40])
-        return envelope({'ignored': call})
-    if not PUBLIC_ID.match(name):
-        log.warning('nginx-rtmp %s refused: stream name is not a channel id', call)
-        if call in ('publish', 'play'):
+    event = svc.nodes[kind].event(bottle.request)
+    if event.what is None:
+        return envelope({'ignored': event.said})
+    if not PUBLIC_ID.match(event.name):
+        log.warning('%s %s refused: stream name is not a channel id', kind, event.said)
+        if event.what in ('publish', 'play'):
             raise ApiError(403, EC_FORBIDDEN, 'stream name is not a channel id')
         raise bad_request('stream name is not a channel id')
     try:
-        if call == 'publish':
-            result = ingest_publish(svc, name, field('key'), connection, field('addr'))
-        elif call == 'update_publish':
-            result = ingest_update(svc, name, field('key'), connection, field('addr'))
-        elif call == 'publish_done':
-            result = ingest_publish_done(svc, name, connection)
-        else:
-            result = ingest_play(svc, name, 1 if call == 'play' else -1)
+        result = ON_EVENT[event.what](svc, event)
     except HookDenied as denied:
-        log.warning('nginx-rtmp %s on channel %s refused: %s', call, name, denied)
+        log.warning('%s %s on channel %s refused: %s', kind, event.said, event.name, denied)
         raise ApiError(403, EC_FORBIDDEN, str(denied))
     return envelope(result)
 
@@ -2891,20 +3009,21 @@ def openapi_document():
         'properties': {'call': {'type': 'string'}, 'name': string, 'key': string,
                        'addr': string, 'clientid': string, 'app': string},
         'anyOf': [{'required': ['call', 'name'], 'properties': {
-                      'call': {'enum': list(NGINX_CALLS)},
+                      'call': {'enum': list(NginxRtmp.CALLS)},
                       'name': dict(public_id, description='the stream name: a channel id')}},
                   {'required': ['call'], 'properties': {
-                      'call': {'enum': list(NGINX_OTHER_CALLS),
+                      'call': {'enum': list(NginxRtmp.OTHER_CALLS),
                                'description': 'acknowledged, not acted on'}}}]}
     paths = {}
 
     def route(method, path, handler, summary, answers, errors='', parameters=(), body=None,
-              admin=False, public=False, media='application/json'):
+              public=False, media='application/json'):
+        admin = any(route.admin for route in ROUTES if route.handler is handler)
         answers = dict(answers)
         for code in sorted(errors.split() + ([] if public else ['400', '401', '429'])
                            + (['403'] if admin else [])):
             answers[code] = {'$ref': '#/components/responses/' + code}
-        operation = {'operationId': handler.__name__, 'summary': summary, 'responses': answers}
+        operation = {'operationId': getattr(handler, '__name__', handler), 'summary': summary, 'responses': answers}
         if admin:
             operation['description'] = 'Admin role only: an app client gets 403.'
         if public:
@@ -2919,16 +3038,15 @@ def openapi_document():
           {'201': _success('The client with its tokenSecret', ref('ClientWithSecret'))},
           '413 422', body=_closed({'name': name, 'role': {'enum': ['app', 'admin'],
                                                           'default': 'app'}},
-                                  optional=('role',)), admin=True)
+                                  optional=('role',)))
     route('GET', '/v1/clients', list_clients, 'List API clients, newest first',
-          {'200': _success('A page of clients', _list_of(ref('Client')))}, parameters=page,
-          admin=True)
+          {'200': _success('A page of clients', _list_of(ref('Client')))}, parameters=page)
     route('POST', '/v1/clients/{clientId}/rotate', rotate_client, "Replace a client's secret",
           {'200': _success('The client with its new tokenSecret', ref('ClientWithSecret'))},
-          '404 409', [client_path], admin=True)
+          '404 409', [client_path])
     route('DELETE', '/v1/clients/{clientId}', delete_client, 'Delete a client (409 while it '
           'owns users, unless force)', {'204': _success('Deleted')}, '404 409',
-          [client_path, force], admin=True)
+          [client_path, force])
     the_user = {'200': _success('The user', ref('User'))}
     route('PUT', '/v1/users/{userId}', put_user, "Create or replace a user's limits (left out: "
           'the configured defaults)', dict(the_user, **{'201': _success(
@@ -2987,7 +3105,7 @@ def openapi_document():
         'description': 'An OpenAPI 3.1 document', 'content': {'application/json': {'schema': {
             'type': 'object', 'required': ['openapi', 'info', 'paths']}}}}}, '400',
           public=True)
-    route('POST', '/v1/hooks/nginx-rtmp', nginx_rtmp_hook, 'nginx-rtmp notify calls: 2xx '
+    route('POST', '/v1/hooks/nginx-rtmp', 'nginx_rtmp_hook', 'nginx-rtmp notify calls: 2xx '
           'allows, 403 refuses (or drops the stream)', {'200': _success(
               'Allowed or acknowledged', {'anyOf': [
                   _closed({'allowed': {'const': True}}), _closed({'ended': {'type': 'boolean'}}),
@@ -3043,32 +3161,49 @@ def openapi():
 # Building the app #############################################################
 ###############################################################################
 
-#: (method, path, handler): the whole HTTP surface, in API.md's order.
+#: A route, and what is done before its handler: `admin`, only an admin client may
+#: call it (authenticate; an app client gets 403 whatever the method or id);
+#: `sweeps`, stale sessions end first (Service.end_stale_sessions), so that what it
+#: reads or limits shows no dead stream live.
+Route = collections.namedtuple('Route', 'method path handler admin sweeps',
+                               defaults=(False, False))
+
+#: The whole HTTP surface, in API.md's order, but for the ingest hooks: one
+#: POST /v1/hooks/<kind> per ingest kind (create_app).
 ROUTES = [
-    ('POST', '/v1/clients', create_client),
-    ('GET', '/v1/clients', list_clients),
-    ('POST', '/v1/clients/<client_id>/rotate', rotate_client),
-    ('DELETE', '/v1/clients/<client_id>', delete_client),
-    ('PUT', '/v1/users/<user_id>', put_user),
-    ('PATCH', '/v1/users/<user_id>', patch_user),
-    ('GET', '/v1/users/<user_id>', get_user),
-    ('GET', '/v1/users', list_users),
-    ('DELETE', '/v1/users/<user_id>', delete_user),
-    ('POST', '/v1/channels', create_channel),
-    ('GET', '/v1/channels', list_channels),
-    ('GET', '/v1/channels/<channel_id>', get_channel),
-    ('PUT', '/v1/channels/<channel_id>', put_channel),
-    ('PATCH', '/v1/channels/<channel_id>', patch_channel),
-    ('DELETE', '/v1/channels/<channel_id>', delete_channel),
-    ('POST', '/v1/channels/<channel_id>/rotate-key', rotate_key),
-    ('GET', '/v1/channels/<channel_id>/stats', channel_stats),
-    ('GET', '/v1/channels/<channel_id>/sessions', list_sessions),
-    ('GET', '/v1/channels/<channel_id>/sessions/<session_id>', get_session),
-    ('GET', '/v1/stats', system_stats),
-    ('GET', '/v1/health', health),
-    ('GET', '/v1/openapi.json', openapi),
-    ('POST', '/v1/hooks/nginx-rtmp', nginx_rtmp_hook),
+    Route('POST', '/v1/clients', create_client, admin=True),
+    Route('GET', '/v1/clients', list_clients, admin=True),
+    Route('POST', '/v1/clients/<client_id>/rotate', rotate_client, admin=True),
+    Route('DELETE', '/v1/clients/<client_id>', delete_client, admin=True),
+    Route('PUT', '/v1/users/<user_id>', put_user, sweeps=True),
+    Route('PATCH', '/v1/users/<user_id>', patch_user, sweeps=True),
+    Route('GET', '/v1/users/<user_id>', get_user, sweeps=True),
+    Route('GET', '/v1/users', list_users, sweeps=True),
+    Route('DELETE', '/v1/users/<user_id>', delete_user),
+    Route('POST', '/v1/channels', create_channel),
+    Route('GET', '/v1/channels', list_channels, sweeps=True),
+    Route('GET', '/v1/channels/<channel_id>', get_channel, sweeps=True),
+    Route('PUT', '/v1/channels/<channel_id>', put_channel, sweeps=True),
+    Route('PATCH', '/v1/channels/<channel_id>', patch_channel, sweeps=True),
+    Route('DELETE', '/v1/channels/<channel_id>', delete_channel, sweeps=True),
+    Route('POST', '/v1/channels/<channel_id>/rotate-key', rotate_key, sweeps=True),
+    Route('GET', '/v1/channels/<channel_id>/stats', channel_stats, sweeps=True),
+    Route('GET', '/v1/channels/<channel_id>/sessions', list_sessions, sweeps=True),
+    Route('GET', '/v1/channels/<channel_id>/sessions/<session_id>', get_session, sweeps=True),
+    Route('GET', '/v1/stats', system_stats, sweeps=True),
+    Route('GET', '/v1/health', health),
+    Route('GET', '/v1/openapi.json', openapi),
 ]
+
+
+
+def _sweeping(handler):
+    """The handler of a route that sweeps: stale sessions end before it runs."""
+    @functools.wraps(handler)
+    def sweeping(**args):
+        service().end_stale_sessions()
+        return handler(**args)
+    return sweeping
 
 
 def create_app(config=None, clock=time.time):
@@ -3081,8 +3216,13 @@ def create_app(config=None, clock=time.time):
     svc.hook_secret = config['ingest']['hook_secret'] or svc.store.setting(
         'hook_secret', lambda: secrets.token_urlsafe(32))
     app.add_hook('before_request', lambda: authenticate(app))
-    for method, path, handler in ROUTES:
-        app.route(path, method, handler)
+    for route in ROUTES:
+        app.route(route.path, route.method, _sweeping(route.handler) if route.sweeps
+                  else route.handler)
+        if route.admin:
+            svc.admin_paths.add(route.path, 'ANY', route)
+    for kind in svc.nodes:  # POST /v1/hooks/nginx-rtmp, and one for each other kind
+        app.route('/v1/hooks/%s' % kind, 'POST', functools.partial(ingest_hook, kind))
     app.default_error_handler = error_body
     return app
 
@@ -3278,7 +3418,7 @@ HOOK_LISTENER = {'threads': 4, 'connection_limit': 256, 'max_request_body_size':
                  'max_request_header_size': 8192}
 
 
-class CannotListen(Exception):
+class CannotListen(LivestreamError):
     """A listening address that cannot be bound (in use, or not this host's)."""
 
 
@@ -3539,108 +3679,8 @@ def serve(config, environ, drain_seconds=10):
 
 
 ###############################################################################
-# nginx-rtmp configuration #####################################################
+# nginx-rtmp ports ###############################################################
 ###############################################################################
-
-#: Where Debian's libnginx-mod-rtmp puts the module.
-NGINX_RTMP_MODULE = '/usr/lib/nginx/modules/ngx_rtmp_module.so'
-
-NGINX_CONF = '''\
-# nginx-rtmp for Livestream API, made by `livestream-api nginx-conf`.
-# Run: nginx -p {prefix} -c {prefix}/nginx.conf
-# Contains the hook secret: keep this file private.
-load_module {module};
-worker_processes 1;
-daemon off;
-pid {prefix}/nginx.pid;
-# notice, not info: at info nginx-rtmp logs each notify call with the stream's
-# arguments and the hook URL, which would put stream keys and the secret on disk.
-error_log {prefix}/error.log notice;
-
-events {{
-    worker_connections 1024;
-}}
-
-rtmp {{
-    # nginx-rtmp's own access log would write each stream's arguments (the key).
-    access_log off;
-
-    server {{
-        listen {rtmp_port};
-        chunk_size 4096;
-
-        application {app} {{
-            live on;
-            record off;
-            # An encoder that stalls without closing its connection is dropped.
-            drop_idle_publisher 10s;
-            hls on;
-            hls_path {prefix}/hls;
-            hls_fragment 2s;
-            hls_playlist_length 10s;
-
-            notify_method post;
-            notify_update_timeout {update_interval}s;
-            on_publish {hook};
-            on_update {hook};
-            on_publish_done {hook};
-            on_play {hook};
-            on_play_done {hook};
-        }}
-    }}
-}}
-
-http {{
-    access_log off;
-    client_body_temp_path {prefix}/client_body_temp;
-    proxy_temp_path {prefix}/proxy_temp;
-    fastcgi_temp_path {prefix}/fastcgi_temp;
-    uwsgi_temp_path {prefix}/uwsgi_temp;
-    scgi_temp_path {prefix}/scgi_temp;
-
-    server {{
-        listen {http_host}:{http_port};
-
-        location /stat {{
-            rtmp_stat all;
-        }}
-
-        # The API drops a publisher here the moment it ends its session ([ingest]
-        # control_url); loopback only, whatever address this server listens on.
-        location /control {{
-            rtmp_control all;
-            allow 127.0.0.1;
-            allow ::1;
-            deny all;
-        }}
-
-        location /hls {{
-            types {{
-                application/vnd.apple.mpegurl m3u8;
-                video/mp2t ts;
-            }}
-            alias {prefix}/hls;
-            add_header Cache-Control no-cache;
-            add_header Access-Control-Allow-Origin *;
-        }}
-    }}
-}}
-'''
-
-
-def nginx_conf(config, hook_secret, rtmp_port, http_port, prefix, http_host='127.0.0.1'):
-    """A complete nginx.conf whose rtmp application calls this API's hooks (on the
-    hook listener, else on the API's port)."""
-    server = config['server']
-    host, port = hook_address(server) or (server['host'], server['port'])
-    host = '127.0.0.1' if host in ('0.0.0.0', '::', '') else host
-    app = rtmp_app(config)
-    hook = 'http://%s/v1/hooks/nginx-rtmp?secret=%s' % (_host_port(host, port), hook_secret)
-    return NGINX_CONF.format(prefix=os.path.abspath(prefix), module=NGINX_RTMP_MODULE,
-                             rtmp_port=rtmp_port, http_port=http_port, http_host=http_host,
-                             app=app, hook=hook,
-                             update_interval=config['ingest']['update_interval'])
-
 
 def _url_port(url):
     """The port a URL names, or its scheme's usual one; None if it names a bad one."""
@@ -3894,8 +3934,8 @@ def main(argv=None, environ=None):
         elif args.command == 'nginx-conf':
             for warning in nginx_port_warnings(config, args.rtmp_port, args.http_port):
                 print('livestream-api: warning: %s' % warning, file=sys.stderr)
-            conf_text = nginx_conf(config, app.livestream.hook_secret, args.rtmp_port,
-                                   args.http_port, args.prefix)
+            conf_text = app.livestream.node.conf(app.livestream.hook_secret, args.rtmp_port,
+                                                 args.http_port, args.prefix)
             if args.output:
                 write_private(args.output, conf_text)
             else:

@@ -1,10 +1,10 @@
 """The ingest's rules, one table per decision: who may go live, which stream keeps
-its session, which may resume one, and which has passed a limit. Each decision
+its session, which may resume one, which has passed a limit, and which edit ends it. Each decision
 is a plain function over one read, so every case is a row here."""
 
 import pytest
 
-from livestream_api import (decide_left, decide_limits, decide_publish, decide_resume,
+from livestream_api import (decide_edit, decide_left, decide_limits, decide_publish, decide_resume,
                             decide_update, measured_bitrate)
 
 NOW = 1_800_000_000.0
@@ -15,7 +15,7 @@ KEY = 'k' * 40
 def channel(**changes):
     """start_session's read of an enabled, idle channel whose user may have 1 live."""
     row = {'id': 1, 'user_pk': 1, 'enabled': 1, 'stream_key': KEY, 'live_session_id': None,
-           'live_channels': 0, 'max_live_channels': 1, 'ingest_client': None,
+           'live_channels': 0, 'max_live_channels': 1, 'connection': None,
            'last_seen_at': None, 'stale_live': 0}
     row.update(changes)
     return row
@@ -23,7 +23,7 @@ def channel(**changes):
 
 def live_on(connection, last_seen_at, **changes):
     """The channel live from `connection`, last heard from at `last_seen_at`."""
-    return channel(live_session_id=7, live_channels=1, ingest_client=connection,
+    return channel(live_session_id=7, live_channels=1, connection=connection,
                    last_seen_at=last_seen_at, **changes)
 
 
@@ -72,14 +72,14 @@ def test_decide_publish(row, key, connection, expected):
 def ingest_row(**changes):
     """ingest_channel's read of a channel live from connection 'A'."""
     row = {'id': 1, 'live_session_id': 7, 'session_id': 'sessionpublicid1',
-           'ingest_client': 'A', 'started_at': NOW - 60, 'last_seen_at': NOW - 10,
+           'connection': 'A', 'started_at': NOW - 60, 'last_seen_at': NOW - 10,
            'bytes_in': 10 ** 6, 'sampled_at': NOW - 10, 'max_bitrate_kbps': 2500,
            'max_session_seconds': 3600}
     row.update(changes)
     return row
 
 
-IDLE = {'live_session_id': None, 'session_id': None, 'ingest_client': None,
+IDLE = {'live_session_id': None, 'session_id': None, 'connection': None,
         'started_at': None, 'last_seen_at': None, 'bytes_in': None, 'sampled_at': None}
 
 #: (case, ingest_channel's read, connection) -> (action, why)
@@ -87,7 +87,7 @@ UPDATE = [
     ('its own open session', ingest_row(), 'A', ('keep', None)),
     ('channel deleted', None, 'A', ('refuse', 'channel was deleted')),
     ('channel idle', ingest_row(**IDLE), 'A', ('orphan', None)),
-    ("another connection's session", ingest_row(ingest_client='B'), 'A', ('orphan', None)),
+    ("another connection's session", ingest_row(connection='B'), 'A', ('orphan', None)),
 ]
 
 
@@ -180,3 +180,18 @@ BITRATE = [
                          ids=[case[0] for case in BITRATE])
 def test_measured_bitrate(metrics, row, seconds, expected):
     assert measured_bitrate(metrics, row, row['started_at'] + seconds) == expected
+
+
+#: (case, the fields a PUT, PATCH or rotate-key writes) -> the live session's end
+EDITS = [
+    ('rename', {'name': 'x'}, None),
+    ('enable', {'enabled': True}, None),
+    ('disable', {'enabled': False, 'name': 'x'}, 'channel_disabled'),
+    ('new key', {'stream_key': KEY}, 'key_rotated'),
+]
+
+
+@pytest.mark.parametrize('fields, expected', [case[1:] for case in EDITS],
+                         ids=[case[0] for case in EDITS])
+def test_decide_edit(fields, expected):
+    assert decide_edit(fields) == expected

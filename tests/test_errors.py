@@ -153,3 +153,11 @@ def test_unexpected_exception_is_logged_with_traceback(catchall_app, caplog):
 def test_other_routes_still_work_after_a_500(catchall_app):
     assert catchall_app.get('/v1/users', expect_errors=True).status_int == 500
     assert catchall_app.get('/v1/clients').json['ec'] == 0
+
+
+def test_every_error_the_module_defines_has_one_base():
+    import livestream_api
+    errors = [value for value in vars(livestream_api).values() if isinstance(value, type)
+              and issubclass(value, Exception) and value.__module__ == 'livestream_api']
+    assert len(errors) >= 6
+    assert all(issubclass(error, livestream_api.LivestreamError) for error in errors), errors

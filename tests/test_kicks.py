@@ -155,7 +155,7 @@ def test_an_empty_control_url_turns_kicks_off(make_app):
 
 def test_nginx_conf_serves_the_control_module_on_loopback_only():
     config = livestream_api.load_config(environ={})
-    conf = livestream_api.nginx_conf(config, 'secret', 1935, 8088, '/tmp/prefix')
+    conf = livestream_api.NginxRtmp(config).conf('secret', 1935, 8088, '/tmp/prefix')
     block = conf.split('location /control {', 1)[1].split('}', 1)[0]
     assert 'rtmp_control all;' in block
     assert 'allow 127.0.0.1;' in block and 'deny all;' in block

@@ -110,9 +110,9 @@ def test_update_publish_resuming_a_channel_changed_meanwhile_is_refused(admin, h
     def change_channel(result):
         assert result[1] is None  # the resume went live, and now its channel...
         if change == 'disabled':
-            store.update_channel(channel_pk, {'enabled': False}, clock())
+            store.update_channel(channel_pk, {'enabled': False}, clock(), 'channel_disabled')
         elif change == 'key rotated':
-            store.update_channel(channel_pk, {}, clock(), new_key=True)
+            store.update_channel(channel_pk, {'stream_key': 'k' * 40}, clock(), 'key_rotated')
         else:
             store.delete_channel(channel_pk, clock())
     after(store, 'start_session', change_channel)

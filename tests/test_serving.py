@@ -228,14 +228,14 @@ def test_a_port_in_use_stops_start_up_before_anything_is_made(tmp_path, run_main
 
 def test_nginx_conf_points_the_hooks_at_the_hook_listener():
     config = livestream_api.load_config(environ={}, overrides={'server': {'port': '9000'}})
-    assert 'http://127.0.0.1:9001/v1/hooks/nginx-rtmp?secret=s' in livestream_api.nginx_conf(
-        config, 's', 1935, 8088, '/tmp/p')
+    assert 'http://127.0.0.1:9001/v1/hooks/nginx-rtmp?secret=s' in livestream_api.NginxRtmp(config).conf(
+        's', 1935, 8088, '/tmp/p')
     config['server']['hook_listen'] = None
-    assert 'http://127.0.0.1:9000/v1/hooks/nginx-rtmp?secret=s' in livestream_api.nginx_conf(
-        config, 's', 1935, 8088, '/tmp/p')
+    assert 'http://127.0.0.1:9000/v1/hooks/nginx-rtmp?secret=s' in livestream_api.NginxRtmp(config).conf(
+        's', 1935, 8088, '/tmp/p')
     config['server']['hook_listen'] = ('::1', 9100)
-    assert 'http://[::1]:9100/v1/hooks/' in livestream_api.nginx_conf(
-        config, 's', 1935, 8088, '/tmp/p')
+    assert 'http://[::1]:9100/v1/hooks/' in livestream_api.NginxRtmp(config).conf(
+        's', 1935, 8088, '/tmp/p')
 
 
 @pytest.mark.parametrize('value', ['8081', 'host:', ':80', 'h:99999'])
