@@ -374,6 +374,9 @@ class Store:
         #: The highest commit number (the `commits` setting) this process has
         #: accounted for: written itself, or voided its caches for.
         self._commits_seen = 0
+        #: The number of this process's commit in progress: another thread's
+        #: catch_up() may read it between its COMMIT and its _account_commits().
+        self._committing = None
         self._rows = {}  # (sql, args) -> (row, generation read at, valid until)
         self._rows_bytes = 0
         _warn_if_readable_by_others(self.path)
@@ -451,7 +454,7 @@ class Store:
         """Commits up to `number` were made; any this process did not make voids
         every cache, remembered logins included (own: `number` is this process's)."""
         with self._generation_lock:
-            if number - own > self._commits_seen:
+            if number - (own or number == self._committing) > self._commits_seen:
                 self.generation += 1
                 self.channels_generation += 1
                 self.foreign_generation += 1
@@ -492,8 +495,9 @@ class Store:
                     "INSERT INTO settings (name, value) VALUES ('commits', 1) "
                     'ON CONFLICT (name) DO UPDATE SET value = value + 1 RETURNING value'
                 ).fetchall()
+                self._committing = int(numbered[0][0]) if numbered else None
                 db.execute('COMMIT')
-                number = int(numbered[0][0]) if numbered else None
+                number = self._committing
                 # A commit into a file deleted meanwhile is lost: never acknowledge it.
                 self.check_file()
             except BaseException as error:
@@ -513,6 +517,7 @@ class Store:
                         self.channels_generation += 1
                 if number is not None:
                     self._account_commits(number, own=True)
+                self._committing = None
                 if not durable:
                     db.execute('PRAGMA synchronous = FULL')
                 if reopen:

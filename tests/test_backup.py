@@ -207,7 +207,9 @@ class Replicated:
 
     def start(self, timeout=30):
         self.port = free_port()
-        env = server_env(LIVESTREAM_DATABASE_REPLICATED='true', **MANY)
+        # The hooks on a port of the system's choosing: the API's port + 1 may be taken.
+        env = server_env(LIVESTREAM_DATABASE_REPLICATED='true',
+                         LIVESTREAM_SERVER_HOOK_LISTEN='127.0.0.1:0', **MANY)
         serve = '%s -m livestream_api serve --db %s --port %d' % (sys.executable, self.db,
                                                                   self.port)
         self.log = open(self.tmp_path / 'litestream.log', 'ab')

@@ -204,7 +204,9 @@ def test_serve_runs_the_purge_worker_and_stops_it_on_sigterm(tmp_path):
     env = {name: value for name, value in os.environ.items()
            if not name.startswith(('LIVESTREAM_', 'LIVE_TOKEN_'))}
     env.update({'PYTHONPATH': str(REPO), 'LIVE_TOKEN_ID': ADMIN[0],
-                'LIVE_TOKEN_SECRET': ADMIN[1], 'LIVESTREAM_INGEST_STAT_URL': ''})
+                'LIVE_TOKEN_SECRET': ADMIN[1], 'LIVESTREAM_INGEST_STAT_URL': '',
+                # hooks on a port of the system's choosing: the API's port + 1 may be taken
+                'LIVESTREAM_SERVER_HOOK_LISTEN': '127.0.0.1:0'})
     with open(tmp_path / 'serve.log', 'wb') as log:
         server = subprocess.Popen([sys.executable, '-m', 'livestream_api', 'serve', '--db',
                                    str(db), '--port', str(port)], cwd=str(REPO), env=env,

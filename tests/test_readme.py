@@ -61,7 +61,9 @@ def server(tmp_path):
     env = {name: value for name, value in os.environ.items()
            if not name.startswith(('LIVESTREAM_', 'LIVE_TOKEN_'))}
     env.update(PYTHONPATH=str(REPO), LIVE_TOKEN_ID='readme-admin',
-               LIVE_TOKEN_SECRET='readme-admin-secret-0123456789')
+               LIVE_TOKEN_SECRET='readme-admin-secret-0123456789',
+               # the story calls no hook; the API's port + 1 may be taken
+               LIVESTREAM_SERVER_HOOK_LISTEN='127.0.0.1:0')
     log = open(tmp_path / 'serve.log', 'w+')
     process = subprocess.Popen(
         [sys.executable, '-m', 'livestream_api', 'serve', '--port', str(port),
