@@ -24,6 +24,7 @@ Reading map, top to bottom, each section and its one job:
   Building the app     ROUTES (with admin and sweeps) and create_app()
   Serving              logs, listeners and serve()
   nginx-rtmp ports     warnings for the nginx-conf command
+  Backups and replication  online backup, restore, the Litestream config
   Command line         main()
 """
 
@@ -3736,7 +3737,7 @@ def litestream_conf(config, replica_url):
                                   url=json.dumps(replica_url))
 
 
-class RestoreRefused(Exception):
+class RestoreRefused(LivestreamError):
     """Restoring would harm a database in use, or would install a bad copy."""
 
 
