@@ -14,7 +14,8 @@ Reading map, top to bottom, each section and its one job:
                        list pages and their cursors
   Presentation         rows to API objects
   Ingest nodes         one adapter per ingest kind: hook to IngestEvent, stats,
-                       drop, config; then the stats poller and the kicker
+                       drop, config; then the stats poller, the kicker and
+                       the HLS viewer log (nginx's syslog access log)
   Background work      the Purger: what force deletes marked, old samples
   The application      Service: what every route shares (store, clock, workers)
   Clients ... Stats    the routes, by resource, in API.md's order
@@ -108,6 +109,11 @@ def _port(text):
     return value
 
 
+def _optional_port(text):
+    """A port number, or empty for none (the feature it serves is off)."""
+    return None if not text.strip() else _port(text)
+
+
 def _listen_address(text):
     """'host:port' (IPv6 in brackets) as (host, port); empty: None, no listener;
     'auto': decided by hook_address()."""
@@ -182,6 +188,8 @@ CONFIG_KEYS = {
         'hook_secret': (_hook_secret, ''),
         'update_interval': (_positive_int, '10'),
         'sample_retention_days': (_positive_int, '30'),
+        'viewer_log_port': (_optional_port, '5140'),
+        'viewer_window': (_positive_int, '30'),
     },
     'limits': {
         'max_channels': (_limit, '100'),
@@ -1901,7 +1909,17 @@ class NginxRtmp(IngestNode):
         return _data_path('nginx.conf.template').read_text().format(
             prefix=os.path.abspath(prefix), module=NGINX_RTMP_MODULE, rtmp_port=rtmp_port,
             http_port=http_port, http_host=http_host, app=rtmp_app(self.config), hook=hook,
-            update_interval=self.config['ingest']['update_interval'])
+            update_interval=self.config['ingest']['update_interval'],
+            hls_access_log=self._hls_access_log())
+
+    def _hls_access_log(self):
+        """The /hls location's access log: each request to the API's viewer log port
+        (the file names carry only channel ids, never a key), or none."""
+        port = self.config['ingest']['viewer_log_port']
+        if port is None:
+            return 'access_log off;'
+        return ('access_log syslog:server=127.0.0.1:%d,tag=livestream,nohostname hlsview;'
+                % port)
 
 
 # Polling stats and kicking publishers, for a node of any kind #################
@@ -2040,6 +2058,137 @@ class Kicker:
 # Background work: finishing force deletes, expiring samples ###################
 ###############################################################################
 
+# HLS viewers, from nginx's syslog access log ####################################
+
+#: A datagram of nginx's `access_log syslog:...,tag=livestream,nohostname hlsview`:
+#: `<PRI>Mon dd hh:mm:ss livestream: $msec|$remote_addr|$http_user_agent|$uri|$status`.
+_SYSLOG_LINE = re.compile(r'^<[0-9]{1,3}>[A-Z][a-z]{2} [ 0-9][0-9] [0-9:]{8} livestream: (.*)\Z',
+                          re.DOTALL)
+#: The HLS files of a channel, flat (`<id>.m3u8`, `<id>-<n>.ts`) or hls_nested (`<id>/...`).
+_HLS_URI = re.compile(r'^/hls/([a-z2-7]{16})(?:\.m3u8|-[0-9]+\.ts|/[^/]+\.(?:m3u8|ts))\Z')
+
+
+def parse_hls_view(datagram):
+    """(channel id, address, User-Agent) of a served HLS playlist or segment; None for
+    any other request. ValueError if the datagram is not an `hlsview` line (or was cut)."""
+    match = _SYSLOG_LINE.match(datagram.decode('utf-8', 'replace'))
+    if not match:
+        raise ValueError('not a syslog line of tag livestream')
+    msec, addr, rest = (match.group(1).split('|', 2) + ['', ''])[:3]
+    user_agent, uri, status = (['', ''] + rest.rsplit('|', 2))[-3:]
+    if not re.match(r'^[0-9]+\.[0-9]{3}\Z', msec) or not addr \
+            or not re.match(r'^[1-5][0-9]{2}\Z', status):
+        raise ValueError('not an hlsview line')
+    hls = _HLS_URI.match(uri)
+    if not hls or not status.startswith('2'):
+        return None
+    return hls.group(1), addr, user_agent
+
+
+class ViewerCounter:
+    """Distinct (address, User-Agent) pairs per channel seen in the last `window`
+    seconds; kept only as a hash salted per process, at most `limit` pairs (the
+    oldest seen goes first)."""
+
+    def __init__(self, window, limit=1000000):
+        self.window, self.limit = window, limit
+        self._salt = secrets.token_bytes(16)
+        self._seen = OrderedDict()  # (channel id, digest) -> last seen, oldest first
+        self._counts = collections.Counter()  # channel id -> pairs in _seen
+        self._lock = threading.Lock()
+
+    def add(self, channel_id, addr, user_agent, now):
+        digest = hmac.new(self._salt, ('%s\n%s' % (addr, user_agent)).encode('utf-8',
+                          'replace'), hashlib.sha256).digest()[:16]
+        key = (channel_id, digest)
+        with self._lock:
+            if key in self._seen:
+                self._seen.move_to_end(key)
+            else:
+                self._counts[channel_id] += 1
+            self._seen[key] = now
+            while len(self._seen) > self.limit:
+                self._forget()
+            self._expire(now)
+
+    def count(self, channel_id, now):
+        with self._lock:
+            self._expire(now)
+            return self._counts.get(channel_id, 0)
+
+    def _expire(self, now):
+        while self._seen and next(iter(self._seen.values())) <= now - self.window:
+            self._forget()
+
+    def _forget(self):
+        (channel_id, _), _ = self._seen.popitem(last=False)
+        self._counts[channel_id] -= 1
+        if not self._counts[channel_id]:
+            del self._counts[channel_id]
+
+
+class ViewerLog:
+    """The worker that receives nginx's HLS access log on UDP 127.0.0.1:`port` and
+    counts each viewer in `counter`. serve() runs it in a thread; tests call run_once()."""
+
+    #: Seconds between two log lines about malformed datagrams (never one per datagram).
+    MALFORMED_LOG_SECONDS = 60.0
+
+    def __init__(self, counter, port, clock):
+        self.counter, self.port, self.clock = counter, port, clock
+        self.malformed = 0  # since the last log line about them
+        self._malformed_logged = float('-inf')
+        self._sock, self._thread = None, None
+        self._stopping = threading.Event()
+
+    def run_once(self, datagram, now):
+        try:
+            view = parse_hls_view(datagram)
+        except ValueError:
+            self.malformed += 1
+            if now - self._malformed_logged >= self.MALFORMED_LOG_SECONDS:
+                log.warning('viewer log: %d malformed datagram(s) ignored (is the nginx '
+                            'log_format hlsview?)', self.malformed)
+                self.malformed, self._malformed_logged = 0, now
+            return
+        if view:
+            self.counter.add(*view, now)
+
+    def start(self):
+        """Listen, or warn and go on without HLS viewer counts if the port is taken."""
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        try:
+            sock.bind(('127.0.0.1', self.port))
+        except OSError as error:
+            sock.close()
+            log.warning('cannot listen for the HLS viewer log on udp 127.0.0.1:%d (%s): '
+                        'serving without HLS viewer counts ([ingest] viewer_log_port)',
+                        self.port, error.strerror or error)
+            return
+        sock.settimeout(0.5)  # to see stop() in time
+        self._sock = sock
+        self._thread = threading.Thread(target=self._run, name='viewer-log', daemon=True)
+        self._thread.start()
+
+    def stop(self):
+        self._stopping.set()
+        if self._thread:
+            self._thread.join(timeout=5)
+        if self._sock:
+            self._sock.close()
+
+    def _run(self):
+        while not self._stopping.is_set():
+            try:
+                datagram = self._sock.recv(4096)
+            except (socket.timeout, InterruptedError):
+                continue
+            except OSError as error:
+                log.error('viewer log: %s', error)
+                return
+            self.run_once(datagram, self.clock())
+
+
 class Purger:
     """The worker that deletes, in small transactions, what force deletes marked
     (Store.purge_step) and the samples of sessions that ended more than [ingest]
@@ -2131,6 +2280,10 @@ class Service:
         #: Drops the publisher of a session the API ends (None: [ingest] control_url empty).
         self.kicker = Kicker(self.node, control_url) if control_url else None
         self.purger = Purger(self.store, clock, config['ingest']['sample_retention_days'])
+        self.viewers = ViewerCounter(config['ingest']['viewer_window'])
+        port = config['ingest']['viewer_log_port']
+        #: Counts HLS viewers from nginx's access log (None: [ingest] viewer_log_port empty).
+        self.viewer_log = None if port is None else ViewerLog(self.viewers, port, clock)
         self.started = time.monotonic()
         self.hook_secret = None
         #: The paths of the admin routes, by any method (create_app; admin_only()).
@@ -2180,12 +2333,16 @@ class Service:
         self.purger.start()
         if self.kicker:
             self.kicker.start()
+        if self.viewer_log:
+            self.viewer_log.start()
 
     def stop(self):
         """Finish what the background workers have queued, and stop them."""
         self.purger.stop()
         if self.kicker:
             self.kicker.stop()
+        if self.viewer_log:
+            self.viewer_log.stop()
 
     @property
     def default_limits(self):
