@@ -1074,23 +1074,26 @@ class Store:
                 db.execute('UPDATE sessions SET last_seen_at = ? WHERE id = ? '
                            'AND ended_at IS NULL', (now, session_pk))
                 return
+            # sessions.viewers is RTMP's (play hooks move it); the peak counts HLS too.
+            hls = metrics.get('viewersHls', 0)
+            viewers = None if metrics['viewers'] is None else metrics['viewers'] + hls
             updated = db.execute(
                 'UPDATE sessions SET last_seen_at = ?, sampled_at = ?, '
                 'bytes_in = max(bytes_in, ?), '
                 'bitrate_kbps = ?, peak_bitrate_kbps = max(coalesce(peak_bitrate_kbps, 0), ?), '
-                'viewers = ?, peak_viewers = max(peak_viewers, ?), '
+                'viewers = ?, peak_viewers = max(peak_viewers, coalesce(?, 0)), '
                 'video = coalesce(?, video), audio = coalesce(?, audio) '
                 'WHERE id = ? AND ended_at IS NULL',
                 (now, now, metrics['bytesIn'], metrics['bitrateKbps'], metrics['bitrateKbps'],
-                 metrics['viewers'], metrics['viewers'],
+                 metrics['viewers'], viewers,
                  json.dumps(metrics['video']) if metrics['video'] else None,
                  json.dumps(metrics['audio']) if metrics['audio'] else None,
                  session_pk)).rowcount
             if updated:
                 db.execute('INSERT INTO session_samples (session_id, at, bitrate_kbps, '
-                           'bytes_in, viewers) VALUES (?, ?, ?, ?, ?)',
+                           'bytes_in, viewers, viewers_hls) VALUES (?, ?, ?, ?, ?, ?)',
                            (session_pk, now, metrics['bitrateKbps'], metrics['bytesIn'],
-                            metrics['viewers']))
+                            viewers, hls))
 
     def add_viewer(self, public_id, delta):
         with self.transaction(channels=False) as db:
@@ -1185,13 +1188,14 @@ class Store:
     def session_samples(self, session_pk, start, end, points):
         """The session's samples averaged into `points` equal slices of [start, end],
         oldest first, one row per slice that has samples: the slice's start time, the
-        mean bitrate and viewers, and the last (largest) byte count."""
+        mean bitrate and viewers (RTMP, HLS), and the last (largest) byte count."""
         span = max(end - start, 1.0)
         return self.db.execute(
             'SELECT :start + slice * :span / :points AS at, avg(bitrate_kbps) AS bitrate_kbps, '
-            'max(bytes_in) AS bytes_in, avg(viewers) AS viewers FROM (SELECT '
+            'max(bytes_in) AS bytes_in, avg(viewers - coalesce(viewers_hls, 0)) AS viewers_rtmp, '
+            'avg(coalesce(viewers_hls, 0)) AS viewers_hls FROM (SELECT '
             'max(0, min(:points - 1, CAST((at - :start) * :points / :span AS INTEGER))) '
-            'AS slice, bitrate_kbps, bytes_in, viewers FROM session_samples '
+            'AS slice, bitrate_kbps, bytes_in, viewers, viewers_hls FROM session_samples '
             'WHERE session_id = :session) GROUP BY slice ORDER BY slice',
             {'start': start, 'span': span, 'points': points, 'session': session_pk}).fetchall()
 
@@ -1212,7 +1216,8 @@ class Store:
         live = self.db.execute(
             'SELECT coalesce(sum(s.bitrate_kbps), 0) AS bitrate_kbps, '
             'coalesce(sum(? - s.started_at), 0) AS seconds, '
-            'coalesce(sum(s.bytes_in), 0) AS bytes_in FROM channels c '
+            'coalesce(sum(s.bytes_in), 0) AS bytes_in, coalesce(sum(s.viewers), 0) AS viewers, '
+            "coalesce(group_concat(c.public_id), '') AS public_ids FROM channels c "
             'JOIN sessions s ON s.id = c.live_session_id WHERE c.live_session_id IS NOT NULL '
             + where, (now,) + args).fetchone()
         return totals, live
@@ -1742,10 +1747,12 @@ def session_json(row, now):
 
 def sample_json(row):
     """A point of a session's chart (Store.session_samples: means over a slice)."""
+    rtmp, hls = row['viewers_rtmp'], round(row['viewers_hls'])
+    rtmp = None if rtmp is None else round(rtmp)
     return {'at': iso(row['at']),
             'bitrateKbps': None if row['bitrate_kbps'] is None else round(row['bitrate_kbps'], 1),
-            'bytesIn': row['bytes_in'],
-            'viewers': None if row['viewers'] is None else round(row['viewers'])}
+            'bytesIn': row['bytes_in'], 'viewers': None if rtmp is None else rtmp + hls,
+            'viewersRtmp': rtmp, 'viewersHls': None if rtmp is None else hls}
 
 
 ###############################################################################
@@ -2670,9 +2677,12 @@ def channel_stats(channel_id):
         duration = max(0.0, (session['ended_at'] or now) - session['started_at'])
         current = {'sessionId': session['public_id'], 'startedAt': iso(session['started_at']),
                    'durationSeconds': round(duration), 'bitrateKbps': session['bitrate_kbps'],
-                   'bytesIn': session['bytes_in'], 'viewers': session['viewers'],
+                   'bytesIn': session['bytes_in'],
                    'video': json.loads(session['video']) if session['video'] else None,
                    'audio': json.loads(session['audio']) if session['audio'] else None}
+        hls = svc.viewers.count(channel['public_id'], now)
+        current.update(viewers=session['viewers'] + hls, viewersRtmp=session['viewers'],
+                       viewersHls=hls)
         totals['liveSeconds'] = round(channel['live_seconds'] + duration)
         totals['bytesIn'] += session['bytes_in']
     return envelope({'status': channel['status'], 'current': current, 'totals': totals})
@@ -2724,12 +2734,15 @@ def system_stats():
     client = caller()
     svc = service()
     admin = is_admin(client)
-    totals, live = svc.store.totals(None if admin else client['id'], svc.clock())
+    now = svc.clock()
+    totals, live = svc.store.totals(None if admin else client['id'], now)
     stats = {'users': totals['users'], 'channels': totals['channels'],
              'liveChannels': totals['live_channels'],
              'bitrateKbpsIn': round(live['bitrate_kbps'], 1), 'sessions': totals['sessions'],
              'liveSeconds': round(totals['live_seconds'] + live['seconds']),
-             'bytesIn': totals['bytes_in'] + live['bytes_in']}
+             'bytesIn': totals['bytes_in'] + live['bytes_in'],
+             'viewers': live['viewers'] + sum(svc.viewers.count(public_id, now) for public_id
+                                              in live['public_ids'].split(',') if public_id)}
     if admin:
         ingest = svc.ingest.snapshot()
         stats['system'] = {
@@ -2909,7 +2922,8 @@ def _figures(svc, name, live, now, max_age=None):
     """The stream's metrics from the ingest's /stat with its measured bitrate, or None
     where /stat does not list it."""
     metrics = svc.ingest.snapshot(max_age)['streams'].get(name)
-    return metrics and dict(metrics, bitrateKbps=measured_bitrate(metrics, live, now))
+    return metrics and dict(metrics, bitrateKbps=measured_bitrate(metrics, live, now),
+                            viewersHls=svc.viewers.count(name, now))
 
 
 def ingest_update(svc, event):
@@ -3090,17 +3104,19 @@ def openapi_document():
             'type': 'array', 'maxItems': MAX_POINTS, 'items': _closed({
                 'at': timestamp, 'bitrateKbps': {'type': ['number', 'null'], 'minimum': 0},
                 'bytesIn': {'type': ['integer', 'null'], 'minimum': 0},
-                'viewers': {'type': ['integer', 'null'], 'minimum': 0}})})),
+                **dict.fromkeys(('viewers', 'viewersRtmp', 'viewersHls'),
+                                {'type': ['integer', 'null'], 'minimum': 0})})})),
         'ChannelStats': _closed({
             'status': status,
             'current': {'anyOf': [{'type': 'null'}, _closed({
                 'sessionId': public_id, 'startedAt': timestamp, 'durationSeconds': count,
                 'bitrateKbps': {'type': ['number', 'null'], 'minimum': 0}, 'bytesIn': count,
-                'viewers': count, 'video': media, 'audio': media})]},
+                'viewers': count, 'viewersRtmp': count, 'viewersHls': count,
+                'video': media, 'audio': media})]},
             'totals': _closed({'sessions': count, 'liveSeconds': count, 'bytesIn': count})}),
         'Stats': _closed({
             'users': count, 'channels': count, 'liveChannels': count, 'bitrateKbpsIn': rate,
-            'sessions': count, 'liveSeconds': count, 'bytesIn': count,
+            'sessions': count, 'liveSeconds': count, 'bytesIn': count, 'viewers': count,
             'system': _closed({
                 'version': string, 'uptimeSeconds': count, 'dbBytes': count,
                 'lastBackupAt': timestamp,

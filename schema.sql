@@ -201,3 +201,7 @@ END;
 -- When a session's figures (bytes_in, bitrate_kbps) were last measured: the base of
 -- a bitrate from the growth of bytes_in, and of the bytes extrapolated at its end.
 ALTER TABLE sessions ADD COLUMN sampled_at REAL;
+-- migration: 5
+-- HLS viewers (counted from nginx's access log) apart in each sample; `viewers` is
+-- RTMP and HLS together. NULL in samples from before: none counted.
+ALTER TABLE session_samples ADD COLUMN viewers_hls INTEGER;

@@ -42,7 +42,7 @@ def test_a_session_with_every_sample_by_default(admin, broadcast):
     assert answer == session
     assert len(samples) == 10
     assert samples[0] == {'at': iso(started + 10), 'bitrateKbps': 1000.0, 'bytesIn': 125000,
-                          'viewers': 1}
+                          'viewers': 1, 'viewersRtmp': 1, 'viewersHls': 0}
     assert [sample['bytesIn'] for sample in samples] == [125000 * n for n in range(1, 11)]
 
 
@@ -51,12 +51,13 @@ def test_samples_averaged_down_to_evenly_spaced_points(admin, broadcast):
     samples = admin.get(path_of(channel, session) + '?points=2').json['data']['samples']
     # Slices [0, 50) and [50, 100]: samples at 10-40 s, then at 50-100 s.
     assert samples == [
-        {'at': iso(started), 'bitrateKbps': 2500.0, 'bytesIn': 4 * 125000, 'viewers': 2},
+        {'at': iso(started), 'bitrateKbps': 2500.0, 'bytesIn': 4 * 125000, 'viewers': 2,
+         'viewersRtmp': 2, 'viewersHls': 0},
         {'at': iso(started + 50), 'bitrateKbps': 7500.0, 'bytesIn': 10 * 125000,
-         'viewers': 8}]
+         'viewers': 8, 'viewersRtmp': 8, 'viewersHls': 0}]
     one = admin.get(path_of(channel, session) + '?points=1').json['data']['samples']
     assert one == [{'at': iso(started), 'bitrateKbps': 5500.0, 'bytesIn': 1250000,
-                    'viewers': 6}]
+                    'viewers': 6, 'viewersRtmp': 6, 'viewersHls': 0}]
 
 
 def test_a_live_session_is_charted_up_to_now(app, admin, hook, clock):

@@ -158,3 +158,39 @@ def test_nginx_conf_logs_hls_requests_to_the_viewer_log_port(tmp_path, capsys):
     assert livestream_api.main(['nginx-conf', '--db', db],
                                environ={'LIVESTREAM_INGEST_VIEWER_LOG_PORT': ''}) == 0
     assert 'syslog' not in capsys.readouterr().out
+
+
+# Through the API ##############################################################
+
+@pytest.fixture
+def app(make_app, stat_server):
+    return make_app(ingest={'stat_url': stat_server.url})[1]
+
+
+def test_hls_viewers_count_in_current_figures_peak_samples_and_stats(
+        app, admin, hook, clock, interval, stat_server):
+    from ingest_support import make_channel, publish, publish_done, sessions, update
+    channel = make_channel(admin)
+    assert publish(hook, channel).status_int == 200
+    stat_server.serve({'name': channel['id'], 'bw_in': 800000, 'bytes_in': 100000,
+                       'viewers': 1})
+    viewer_log = app.livestream.viewer_log
+    for addr in ('127.0.0.2', '127.0.0.3', '127.0.0.4'):
+        viewer_log.run_once(datagram('/hls/%s.m3u8' % channel['id'], addr=addr), clock())
+    clock.advance(interval)
+    assert update(hook, channel).status_int == 200
+
+    current = admin.get('/v1/channels/%s/stats' % channel['id']).json['data']['current']
+    assert (current['viewers'], current['viewersRtmp'], current['viewersHls']) == (4, 1, 3)
+    assert admin.get('/v1/stats').json['data']['viewers'] == 4
+    clock.advance(app.livestream.config['ingest']['viewer_window'])
+    current = admin.get('/v1/channels/%s/stats' % channel['id']).json['data']['current']
+    assert (current['viewers'], current['viewersRtmp'], current['viewersHls']) == (1, 1, 0)
+
+    assert publish_done(hook, channel).status_int == 200
+    session = sessions(admin, channel)['items'][0]
+    assert session['peakViewers'] == 4
+    samples = admin.get('/v1/channels/%s/sessions/%s' % (channel['id'], session['id'])
+                        ).json['data']['samples']
+    assert [(sample['viewers'], sample['viewersRtmp'], sample['viewersHls'])
+            for sample in samples] == [(4, 1, 3), (1, 1, 0)]  # then its last figures
