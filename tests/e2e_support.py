@@ -42,6 +42,12 @@ def free_port():
         return sock.getsockname()[1]
 
 
+def free_udp_port():
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.bind(('127.0.0.1', 0))
+        return sock.getsockname()[1]
+
+
 def port_open(port):
     try:
         socket.create_connection(('127.0.0.1', port), timeout=0.5).close()
@@ -168,6 +174,8 @@ class Stack:
             # and the hooks' port, which the API's port + 1 (the default) may not be free.
             'LIVESTREAM_SERVER_HOOK_LISTEN': '127.0.0.1:%d' % free_port(),
             'LIVESTREAM_INGEST_UPDATE_INTERVAL': str(update_interval),
+            # nginx's HLS access log, for the HLS viewer count (5140 may be taken).
+            'LIVESTREAM_INGEST_VIEWER_LOG_PORT': str(free_udp_port()),
             'LIVESTREAM_INGEST_HOOK_SECRET': self.hook_secret,
             'LIVESTREAM_INGEST_RTMP_URL': 'rtmp://127.0.0.1:%d/live' % self.rtmp_port,
             'LIVESTREAM_INGEST_HLS_URL': 'http://127.0.0.1:%d/hls' % self.http_port,
