@@ -2,7 +2,6 @@
 ffmpeg publishing and players reading HLS from distinct loopback addresses."""
 
 import http.client
-import os
 import signal
 import socket
 import subprocess
@@ -12,7 +11,7 @@ import urllib.parse
 
 import pytest
 
-from e2e_support import Stack, free_udp_port, kill_group, missing_requirements, wait_for
+from e2e_support import Stack, free_udp_port, kill_group, skip_or_fail_if_missing, wait_for
 from test_e2e_nginx import key_of, new_channel, publish, wait_live
 
 pytestmark = pytest.mark.e2e
@@ -48,12 +47,7 @@ class Relay(threading.Thread):
 @pytest.fixture(scope='module')
 def e2e():
     """A stack whose nginx sends its HLS access log through a Relay (stack.relay)."""
-    missing = missing_requirements()
-    if missing:
-        reason = 'end-to-end tests need ' + ', '.join(missing)
-        if os.environ.get('LIVESTREAM_E2E') == '1':
-            pytest.fail(reason + ' (required because LIVESTREAM_E2E=1)', pytrace=False)
-        pytest.skip(reason)
+    skip_or_fail_if_missing()
     stack = Stack()
     api_port = free_udp_port()
     stack.env['LIVESTREAM_INGEST_VIEWER_LOG_PORT'] = str(api_port)

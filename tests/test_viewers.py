@@ -3,6 +3,7 @@ window, bounded, salted; the listener worker and the nginx lines that feed it.""
 
 import logging
 import socket
+from pathlib import Path
 
 import pytest
 
@@ -23,6 +24,28 @@ def datagram(uri='/hls/%s.m3u8' % CHANNEL, status='200', addr='127.0.0.2', agent
 @pytest.mark.parametrize('status', ['200', '206'])
 def test_a_served_playlist_or_segment_is_a_view(uri, status):
     assert parse_hls_view(datagram(uri, status)) == (CHANNEL, '127.0.0.2', 'Player/2')
+
+
+#: Datagrams captured from nginx 1.22 + nginx-rtmp (tests/test_e2e_viewers.py's relay),
+#: the channel id replaced: a 404 before the first playlist, playlists, segments.
+CAPTURED = (Path(__file__).parent / 'data' / 'hlsview_datagrams.txt').read_bytes().splitlines()
+AGENT = r'Mozilla/5.0 (X11; Linux x86_64) \x22quoted\x22 Player/2'
+
+
+def test_captured_nginx_datagrams_parse():
+    views = [parse_hls_view(line) for line in CAPTURED]
+    assert views == [None if line.endswith(b'|404') else (CHANNEL, '127.0.0.2', AGENT)
+                     for line in CAPTURED]
+    assert views.count(None) == 2 and len(views) == 6
+
+
+def test_a_captured_datagram_cut_anywhere_is_never_a_view():
+    line = CAPTURED[2]
+    for length in range(len(line)):
+        try:
+            assert parse_hls_view(line[:length]) is None
+        except ValueError:
+            pass
 
 
 def test_a_single_digit_day_and_a_user_agent_with_bars_parse():
