@@ -114,6 +114,11 @@ def _optional_port(text):
     return None if not text.strip() else _port(text)
 
 
+def _days_or_forever(text):
+    """A number of days, or empty / "none" for forever."""
+    return None if text.strip().lower() in ('', 'none') else _positive_int(text)
+
+
 def _listen_address(text):
     """'host:port' (IPv6 in brackets) as (host, port); empty: None, no listener;
     'auto': decided by hook_address()."""
@@ -188,6 +193,7 @@ CONFIG_KEYS = {
         'hook_secret': (_hook_secret, ''),
         'update_interval': (_positive_int, '10'),
         'sample_retention_days': (_positive_int, '30'),
+        'history_days': (_days_or_forever, '365'),
         'viewer_log_port': (_optional_port, '5140'),
         'viewer_window': (_positive_int, '30'),
     },
@@ -1106,8 +1112,8 @@ class Store:
         """A page of a channel's sessions and their total; None if the channel
         has been deleted since the caller found it."""
         with self.snapshot() as db:
-            channel = db.execute('SELECT sessions FROM channels WHERE id = ?',
-                                 (channel_pk,)).fetchone()
+            channel = db.execute('SELECT sessions - sessions_forgotten FROM channels '
+                                 'WHERE id = ?', (channel_pk,)).fetchone()
             if channel is None:
                 return None
             rows = db.execute('SELECT s.*, c.public_id AS channel_public_id FROM sessions s '
@@ -1177,6 +1183,32 @@ class Store:
         if len(samples) < rows or samples[-1][1] >= cutoff:
             return None
         return samples[-1][0]
+
+    def expire_sessions(self, cutoff, after, rows=1000, batch=50):
+        """Delete, with their samples, up to `batch` of the next `rows` sessions after id
+        `after` that ended before `cutoff`. The id to go on from, or None when the pass
+        is over: sessions are numbered as they start, so none past `cutoff` can expire."""
+        sessions = self.db.execute(
+            'SELECT id, channel_id, started_at, ended_at FROM sessions WHERE id > ? '
+            'ORDER BY id LIMIT ?', (after, rows)).fetchall()
+        expired = [row for row in sessions
+                   if row['ended_at'] is not None and row['ended_at'] < cutoff][:batch]
+        if expired:
+            ids = [row['id'] for row in expired]
+            marks = ', '.join('?' * len(ids))
+            with self.transaction(channels=False) as db:
+                db.execute('DELETE FROM session_samples WHERE session_id IN (%s)' % marks, ids)
+                db.execute('DELETE FROM sessions WHERE id IN (%s)' % marks, ids)
+                # Totals keep them (sessions, liveSeconds); the list no longer counts them.
+                for channel_pk, count in collections.Counter(
+                        row['channel_id'] for row in expired).items():
+                    db.execute('UPDATE channels SET sessions_forgotten = sessions_forgotten + ? '
+                               'WHERE id = ?', (count, channel_pk))
+            if len(expired) == batch:
+                return ids[-1]
+        if len(sessions) < rows or sessions[-1]['started_at'] >= cutoff:
+            return None
+        return sessions[-1]['id']
 
     def channel_session(self, channel_pk, public_id):
         """One of the channel's sessions by its public id, or None."""
@@ -2199,7 +2231,8 @@ class ViewerLog:
 class Purger:
     """The worker that deletes, in small transactions, what force deletes marked
     (Store.purge_step) and the samples of sessions that ended more than [ingest]
-    sample_retention_days ago (Store.expire_samples). serve() runs it in a thread;
+    sample_retention_days ago (Store.expire_samples), then the sessions that ended
+    more than [ingest] history_days ago (Store.expire_sessions). serve() runs it in a thread;
     tests and the CLI call run_once() themselves."""
 
     #: Seconds between passes over the samples; a force delete wakes it at once.
@@ -2209,10 +2242,12 @@ class Purger:
     #: After a failed batch (the database locked by another process, a full disk).
     RETRY_SECONDS = 5.0
 
-    def __init__(self, store, clock, retention_days):
+    def __init__(self, store, clock, retention_days, history_days=None):
         self.store, self.clock = store, clock
         self.retention_seconds = retention_days * 86400
+        self.history_seconds = None if history_days is None else history_days * 86400
         self._samples_after = 0  # where the pass over the samples goes on from
+        self._sessions_after = 0  # and the pass over the sessions
         self._wake, self._stopping = threading.Event(), threading.Event()
         self._thread = None
 
@@ -2224,6 +2259,10 @@ class Purger:
         now = self.clock() if now is None else now
         after = self.store.expire_samples(now - self.retention_seconds, self._samples_after)
         self._samples_after = after or 0
+        if after is not None or self.history_seconds is None:
+            return after is not None
+        after = self.store.expire_sessions(now - self.history_seconds, self._sessions_after)
+        self._sessions_after = after or 0
         return after is not None
 
     def wake(self):
@@ -2286,7 +2325,8 @@ class Service:
         control_url = config['ingest']['control_url']
         #: Drops the publisher of a session the API ends (None: [ingest] control_url empty).
         self.kicker = Kicker(self.node, control_url) if control_url else None
-        self.purger = Purger(self.store, clock, config['ingest']['sample_retention_days'])
+        self.purger = Purger(self.store, clock, config['ingest']['sample_retention_days'],
+                             config['ingest']['history_days'])
         self.viewers = ViewerCounter(config['ingest']['viewer_window'])
         port = config['ingest']['viewer_log_port']
         #: Counts HLS viewers from nginx's access log (None: [ingest] viewer_log_port empty).

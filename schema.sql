@@ -205,3 +205,6 @@ ALTER TABLE sessions ADD COLUMN sampled_at REAL;
 -- HLS viewers (counted from nginx's access log) apart in each sample; `viewers` is
 -- RTMP and HLS together. NULL in samples from before: none counted.
 ALTER TABLE session_samples ADD COLUMN viewers_hls INTEGER;
+-- Sessions deleted as history ([ingest] history_days): the channel's `sessions`
+-- counts every broadcast ever; its session list counts the ones kept.
+ALTER TABLE channels ADD COLUMN sessions_forgotten INTEGER NOT NULL DEFAULT 0;

@@ -3,7 +3,7 @@ down in SQL, and the samples' retention by the purge worker."""
 
 import pytest
 
-from ingest_support import iso, make_channel, publish, publish_done
+from ingest_support import iso, make_channel, publish, publish_done, update
 
 EC_BAD_REQUEST, EC_NOT_FOUND = 1, 6
 
@@ -93,19 +93,26 @@ def test_bad_query_is_400(admin, broadcast, query):
     assert answer.json['ec'] == EC_BAD_REQUEST
 
 
-def test_samples_of_sessions_ended_past_retention_are_expired(make_app, clock):
-    client, app = make_app(ingest={'sample_retention_days': '2'})
+def three_live(make_app, clock, **sections):
+    """(admin TestApp, app, hook) of an app made with `sections`, and three channels
+    (client.channels) live with three samples each."""
+    client, app = make_app(**sections)
     client.authorization = ('Basic', ('admin-token', 'admin-secret-for-tests'))
     hook_path = '/v1/hooks/nginx-rtmp?secret=' + app.livestream.hook_secret
-    store = app.livestream.store
 
     def hook(call, name, status='*', **fields):
         return client.post(hook_path, dict(fields, call=call, name=name, app='live'),
                            status=status, expect_errors=True)
-    old, recent, live = (make_channel(client, user_id) for user_id in ('a', 'b', 'c'))
-    for channel in (old, recent, live):
+    client.channels = [make_channel(client, user_id) for user_id in ('a', 'b', 'c')]
+    for channel in client.channels:
         assert publish(hook, channel).status_int == 200
-        record(store, channel, clock, [(100.0, 1000, 1)] * 3)
+        record(app.livestream.store, channel, clock, [(100.0, 1000, 1)] * 3)
+    return client, app, hook
+
+
+def test_samples_of_sessions_ended_past_retention_are_expired(make_app, clock):
+    client, app, hook = three_live(make_app, clock, ingest={'sample_retention_days': '2'})
+    old, recent, live = client.channels
     assert publish_done(hook, old).status_int == 200
     clock.advance(86400 + 60)
     assert publish_done(hook, recent).status_int == 200
@@ -132,3 +139,49 @@ def test_expiry_goes_in_batches_and_ends_its_pass(app, admin, hook, clock):
     assert batches == 3
     session = admin.get('/v1/channels/%s/sessions' % channel['id']).json['data']['items'][0]
     assert admin.get(path_of(channel, session)).json['data']['samples'] == []
+
+
+def test_sessions_ended_past_history_days_are_deleted_with_their_samples(make_app, clock):
+    client, app, hook = three_live(make_app, clock,
+                                   ingest={'history_days': '3', 'sample_retention_days': '30'},
+                                   limits={'max_session_seconds': 'none'})
+    store = app.livestream.store
+    old, recent, live = client.channels
+    assert publish_done(hook, old).status_int == 200
+    old_session = client.get('/v1/channels/%s/sessions' % old['id']).json['data']['items'][0]
+    clock.advance(2 * 86400)
+    assert publish_done(hook, recent).status_int == 200
+    clock.advance(86400 + 60)  # old ended 3 days and a minute ago; recent, a day ago
+    assert update(hook, live).status_int == 200  # live for 3 days: kept
+    while app.livestream.purger.run_once():
+        pass
+    listed = client.get('/v1/channels/%s/sessions' % old['id']).json['data']
+    assert (listed['items'], listed['total']) == ([], 0)
+    client.get(path_of(old, old_session), status=404)
+    totals = client.get('/v1/channels/%s/stats' % old['id']).json['data']['totals']
+    assert totals['sessions'] == 1 and totals['bytesIn'] > 0  # totals keep what was
+    assert store.db.execute('SELECT count(*) FROM session_samples WHERE session_id NOT IN '
+                            '(SELECT id FROM sessions)').fetchone()[0] == 0
+    for channel in (recent, live):
+        listed = client.get('/v1/channels/%s/sessions' % channel['id']).json['data']
+        assert listed['total'] == 1
+        assert client.get(path_of(channel, listed['items'][0])).json['data']['samples']
+
+
+def test_history_goes_in_batches_and_none_keeps_it_forever(make_app, app, admin, hook, clock):
+    assert app.livestream.purger.history_seconds == 365 * 86400
+    store = app.livestream.store
+    channel = make_channel(admin)
+    for _ in range(5):
+        assert publish(hook, channel).status_int == 200
+        assert publish_done(hook, channel).status_int == 200
+    cutoff, after, batches = clock() + 1, 0, 0
+    while True:
+        after = store.expire_sessions(cutoff, after, rows=10, batch=2)
+        batches += 1
+        if after is None:
+            break
+    assert batches == 3
+    assert admin.get('/v1/channels/%s/sessions' % channel['id']).json['data']['total'] == 0
+    forever = make_app(ingest={'history_days': 'none'})[1].livestream.purger
+    assert forever.history_seconds is None
