@@ -16,7 +16,8 @@ Reading map, top to bottom, each section and its one job:
   Ingest nodes         one adapter per ingest kind: hook to IngestEvent, stats,
                        drop, config; then the stats poller, the kicker and
                        the HLS viewer log (nginx's syslog access log)
-  Background work      the Purger: what force deletes marked, old samples
+  Background work      the Purger: what force deletes marked, old samples, old
+                       sessions
   The application      Service: what every route shares (store, clock, workers)
   Clients ... Stats    the routes, by resource, in API.md's order
   Ingest hooks         the decisions (plain functions), then the events acting
@@ -1122,7 +1123,7 @@ class Store:
                               (channel_pk, after, limit + 1)).fetchall()
         return rows, channel[0]
 
-    # Purging what force deletes marked, and old samples ---------------------
+    # Purging what force deletes marked, old samples and old sessions --------
 
     #: Rows per purge transaction: each stays well under 100 ms at the bench's seed
     #: (100k channels, 1M sessions), so no writer waits long behind one.
@@ -1166,23 +1167,34 @@ class Store:
             db.execute('DELETE FROM %s WHERE id = ?' % table, (pk,))
         return True
 
-    def expire_samples(self, cutoff, after, rows=1000):
-        """Delete, among the next `rows` samples after rowid `after`, those of sessions
-        that ended before `cutoff`. The rowid to go on from, or None when the pass is
-        over: samples are appended in time order, so none past `cutoff` can expire."""
-        samples = self.db.execute(
-            'SELECT ss.rowid, ss.at, s.ended_at FROM session_samples ss '
-            'JOIN sessions s ON s.id = ss.session_id WHERE ss.rowid > ? '
-            'ORDER BY ss.rowid LIMIT ?', (after, rows)).fetchall()
-        expired = [sample[0] for sample in samples
-                   if sample[2] is not None and sample[2] < cutoff]
-        if expired:
-            with self.transaction(channels=False) as db:
-                db.execute('DELETE FROM session_samples WHERE rowid IN (%s)'
-                           % ', '.join('?' * len(expired)), expired)
-        if len(samples) < rows or samples[-1][1] >= cutoff:
-            return None
-        return samples[-1][0]
+    def compact_samples(self, cutoff, after, sessions=100):
+        """Average the samples of the next ended session after id `after` not yet
+        compacted that ended before `cutoff` down to one per minute, in one transaction.
+        The id to go on from, or None when the pass is over (sessions are numbered as
+        they start, so none past `cutoff` can be due)."""
+        rows = self.db.execute(
+            'SELECT id, started_at, ended_at FROM sessions WHERE samples_compacted = 0 '
+            'AND ended_at IS NOT NULL AND id > ? ORDER BY id LIMIT ?',
+            (after, sessions)).fetchall()
+        for row in rows:
+            if row['started_at'] >= cutoff:
+                return None
+            if row['ended_at'] < cutoff:
+                with self.transaction(durable=False, channels=False) as db:
+                    minutes = db.execute(
+                        'SELECT min(at), avg(bitrate_kbps), max(bytes_in), '
+                        'CAST(round(avg(viewers)) AS INTEGER), '
+                        'CAST(round(avg(viewers_hls)) AS INTEGER) FROM session_samples '
+                        'WHERE session_id = ? GROUP BY CAST(at / 60 AS INTEGER)',
+                        (row['id'],)).fetchall()
+                    db.execute('DELETE FROM session_samples WHERE session_id = ?', (row['id'],))
+                    db.executemany('INSERT INTO session_samples (session_id, at, bitrate_kbps, '
+                                   'bytes_in, viewers, viewers_hls) VALUES (?, ?, ?, ?, ?, ?)',
+                                   [(row['id'],) + tuple(minute) for minute in minutes])
+                    db.execute('UPDATE sessions SET samples_compacted = 1 WHERE id = ?',
+                               (row['id'],))
+                return row['id']
+        return None if len(rows) < sessions else rows[-1]['id']
 
     def expire_sessions(self, cutoff, after, rows=1000, batch=50):
         """Delete, with their samples, up to `batch` of the next `rows` sessions after id
@@ -2231,7 +2243,8 @@ class ViewerLog:
 class Purger:
     """The worker that deletes, in small transactions, what force deletes marked
     (Store.purge_step) and the samples of sessions that ended more than [ingest]
-    sample_retention_days ago (Store.expire_samples), then the sessions that ended
+    sample_retention_days ago, averaged to one a minute (Store.compact_samples), then
+    the sessions that ended
     more than [ingest] history_days ago (Store.expire_sessions). serve() runs it in a thread;
     tests and the CLI call run_once() themselves."""
 
@@ -2257,7 +2270,7 @@ class Purger:
         if self.store.purge_step():
             return True
         now = self.clock() if now is None else now
-        after = self.store.expire_samples(now - self.retention_seconds, self._samples_after)
+        after = self.store.compact_samples(now - self.retention_seconds, self._samples_after)
         self._samples_after = after or 0
         if after is not None or self.history_seconds is None:
             return after is not None

@@ -208,3 +208,8 @@ ALTER TABLE session_samples ADD COLUMN viewers_hls INTEGER;
 -- Sessions deleted as history ([ingest] history_days): the channel's `sessions`
 -- counts every broadcast ever; its session list counts the ones kept.
 ALTER TABLE channels ADD COLUMN sessions_forgotten INTEGER NOT NULL DEFAULT 0;
+-- Set once the samples of an ended session are averaged down to one a minute
+-- ([ingest] sample_retention_days after its end); the index finds the ones due.
+ALTER TABLE sessions ADD COLUMN samples_compacted INTEGER NOT NULL DEFAULT 0;
+CREATE INDEX IF NOT EXISTS sessions_uncompacted ON sessions (id)
+    WHERE samples_compacted = 0 AND ended_at IS NOT NULL;

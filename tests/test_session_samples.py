@@ -110,35 +110,58 @@ def three_live(make_app, clock, **sections):
     return client, app, hook
 
 
-def test_samples_of_sessions_ended_past_retention_are_expired(make_app, clock):
+def raw_samples(store, channel):
+    return [tuple(row) for row in store.db.execute(
+        'SELECT at, bitrate_kbps, bytes_in, viewers FROM session_samples WHERE session_id = '
+        '(SELECT max(s.id) FROM sessions s JOIN channels c ON c.id = s.channel_id '
+        'WHERE c.public_id = ?) ORDER BY at', (channel['id'],))]
+
+
+def test_samples_of_sessions_ended_past_retention_are_averaged_to_one_a_minute(make_app, clock):
     client, app, hook = three_live(make_app, clock, ingest={'sample_retention_days': '2'})
+    store = app.livestream.store
     old, recent, live = client.channels
+    record(store, old, clock, [(100.0 * n, 1000 * n, n) for n in range(1, 13)])
     assert publish_done(hook, old).status_int == 200
+    before = {channel['id']: raw_samples(store, channel) for channel in client.channels}
     clock.advance(86400 + 60)
     assert publish_done(hook, recent).status_int == 200
     clock.advance(86400)  # old ended 2 days and a minute ago; recent, a day ago
     while app.livestream.purger.run_once():
         pass
-    for channel, kept in ((old, False), (recent, True), (live, True)):
-        session = client.get('/v1/channels/%s/sessions' % channel['id']).json['data']['items'][0]
-        assert bool(client.get(path_of(channel, session)).json['data']['samples']) == kept
+    minutes = {}
+    for at, bitrate, bytes_in, viewers in before[old['id']]:
+        minutes.setdefault(int(at // 60), []).append((at, bitrate, bytes_in, viewers))
+    # SQLite rounds halves away from zero.
+    expected = [(min(s[0] for s in group), sum(s[1] for s in group) / len(group),
+                 max(s[2] for s in group), int(sum(s[3] for s in group) / len(group) + 0.5))
+                for _, group in sorted(minutes.items())]
+    assert len(before[old['id']]) > len(expected) >= 3
+    assert raw_samples(store, old) == pytest.approx(expected)
+    assert raw_samples(store, live) == before[live['id']]
+    assert raw_samples(store, recent)[:3] == before[recent['id']][:3]
+    while app.livestream.purger.run_once():  # a second pass leaves them as they are
+        pass
+    assert raw_samples(store, old) == pytest.approx(expected)
 
 
-def test_expiry_goes_in_batches_and_ends_its_pass(app, admin, hook, clock):
+def test_compaction_goes_one_session_at_a_time_and_ends_its_pass(app, admin, hook, clock):
     store = app.livestream.store
     channel = make_channel(admin)
-    assert publish(hook, channel).status_int == 200
-    record(store, channel, clock, [(1.0, 1, 1)] * 5)
-    assert publish_done(hook, channel).status_int == 200
+    for _ in range(3):
+        assert publish(hook, channel).status_int == 200
+        record(store, channel, clock, [(1.0, 1, 1)] * 5)
+        assert publish_done(hook, channel).status_int == 200
     cutoff, after, batches = clock() + 1, 0, 0
     while True:
-        after = store.expire_samples(cutoff, after, rows=2)
+        after = store.compact_samples(cutoff, after, sessions=2)
         batches += 1
         if after is None:
             break
-    assert batches == 3
-    session = admin.get('/v1/channels/%s/sessions' % channel['id']).json['data']['items'][0]
-    assert admin.get(path_of(channel, session)).json['data']['samples'] == []
+    assert batches == 4  # three sessions, then the end of the pass
+    assert store.compact_samples(cutoff, 0) is None  # nothing left to do
+    assert store.db.execute('SELECT count(*) FROM sessions WHERE samples_compacted = 0'
+                            ).fetchone()[0] == 0
 
 
 def test_sessions_ended_past_history_days_are_deleted_with_their_samples(make_app, clock):
