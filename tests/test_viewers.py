@@ -9,6 +9,7 @@ import pytest
 
 import livestream_api
 from livestream_api import ViewerCounter, ViewerLog, parse_hls_view
+from test_reliability import Api, spawn  # noqa: F401 (spawn: a fixture)
 
 CHANNEL = 'abcdefghijklmnop'
 
@@ -217,3 +218,15 @@ def test_hls_viewers_count_in_current_figures_peak_samples_and_stats(
                         ).json['data']['samples']
     assert [(sample['viewers'], sample['viewersRtmp'], sample['viewersHls'])
             for sample in samples] == [(4, 1, 3), (1, 1, 0)]  # then its last figures
+
+
+def test_serve_with_the_viewer_log_port_taken_warns_and_serves(tmp_path, spawn):
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as taken:
+        taken.bind(('127.0.0.1', 0))
+        port = taken.getsockname()[1]
+        server = spawn(tmp_path / 'live.db',
+                       LIVESTREAM_INGEST_VIEWER_LOG_PORT=str(port))
+        assert Api(server.port).request('GET', '/v1/health')[0] == 200
+        assert 'cannot listen for the HLS viewer log on udp 127.0.0.1:%d' % port \
+            in server.stderr()
+        assert 'serving without HLS viewer counts' in server.stderr()
