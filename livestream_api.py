@@ -14,8 +14,10 @@ Reading map, top to bottom, each section and its one job:
                        list pages and their cursors
   Presentation         rows to API objects
   Ingest nodes         one adapter per ingest kind: hook to IngestEvent, stats,
-                       drop, config; then the stats poller and the kicker
-  Background work      the Purger: what force deletes marked, old samples
+                       drop, config; then the stats poller, the kicker and
+                       the HLS viewer log (nginx's syslog access log)
+  Background work      the Purger: what force deletes marked, old samples, old
+                       sessions
   The application      Service: what every route shares (store, clock, workers)
   Clients ... Stats    the routes, by resource, in API.md's order
   Ingest hooks         the decisions (plain functions), then the events acting
@@ -108,6 +110,16 @@ def _port(text):
     return value
 
 
+def _optional_port(text):
+    """A port number, or empty for none (the feature it serves is off)."""
+    return None if not text.strip() else _port(text)
+
+
+def _days_or_forever(text):
+    """A number of days, or empty / "none" for forever."""
+    return None if text.strip().lower() in ('', 'none') else _positive_int(text)
+
+
 def _listen_address(text):
     """'host:port' (IPv6 in brackets) as (host, port); empty: None, no listener;
     'auto': decided by hook_address()."""
@@ -182,6 +194,9 @@ CONFIG_KEYS = {
         'hook_secret': (_hook_secret, ''),
         'update_interval': (_positive_int, '10'),
         'sample_retention_days': (_positive_int, '30'),
+        'history_days': (_days_or_forever, '365'),
+        'viewer_log_port': (_optional_port, '5140'),
+        'viewer_window': (_positive_int, '30'),
     },
     'limits': {
         'max_channels': (_limit, '100'),
@@ -1066,23 +1081,26 @@ class Store:
                 db.execute('UPDATE sessions SET last_seen_at = ? WHERE id = ? '
                            'AND ended_at IS NULL', (now, session_pk))
                 return
+            # sessions.viewers is RTMP's (play hooks move it); the peak counts HLS too.
+            hls = metrics.get('viewersHls', 0)
+            viewers = None if metrics['viewers'] is None else metrics['viewers'] + hls
             updated = db.execute(
                 'UPDATE sessions SET last_seen_at = ?, sampled_at = ?, '
                 'bytes_in = max(bytes_in, ?), '
                 'bitrate_kbps = ?, peak_bitrate_kbps = max(coalesce(peak_bitrate_kbps, 0), ?), '
-                'viewers = ?, peak_viewers = max(peak_viewers, ?), '
+                'viewers = ?, peak_viewers = max(peak_viewers, coalesce(?, 0)), '
                 'video = coalesce(?, video), audio = coalesce(?, audio) '
                 'WHERE id = ? AND ended_at IS NULL',
                 (now, now, metrics['bytesIn'], metrics['bitrateKbps'], metrics['bitrateKbps'],
-                 metrics['viewers'], metrics['viewers'],
+                 metrics['viewers'], viewers,
                  json.dumps(metrics['video']) if metrics['video'] else None,
                  json.dumps(metrics['audio']) if metrics['audio'] else None,
                  session_pk)).rowcount
             if updated:
                 db.execute('INSERT INTO session_samples (session_id, at, bitrate_kbps, '
-                           'bytes_in, viewers) VALUES (?, ?, ?, ?, ?)',
+                           'bytes_in, viewers, viewers_hls) VALUES (?, ?, ?, ?, ?, ?)',
                            (session_pk, now, metrics['bitrateKbps'], metrics['bytesIn'],
-                            metrics['viewers']))
+                            viewers, hls))
 
     def add_viewer(self, public_id, delta):
         with self.transaction(channels=False) as db:
@@ -1095,8 +1113,8 @@ class Store:
         """A page of a channel's sessions and their total; None if the channel
         has been deleted since the caller found it."""
         with self.snapshot() as db:
-            channel = db.execute('SELECT sessions FROM channels WHERE id = ?',
-                                 (channel_pk,)).fetchone()
+            channel = db.execute('SELECT sessions - sessions_forgotten FROM channels '
+                                 'WHERE id = ?', (channel_pk,)).fetchone()
             if channel is None:
                 return None
             rows = db.execute('SELECT s.*, c.public_id AS channel_public_id FROM sessions s '
@@ -1105,7 +1123,7 @@ class Store:
                               (channel_pk, after, limit + 1)).fetchall()
         return rows, channel[0]
 
-    # Purging what force deletes marked, and old samples ---------------------
+    # Purging what force deletes marked, old samples and old sessions --------
 
     #: Rows per purge transaction: each stays well under 100 ms at the bench's seed
     #: (100k channels, 1M sessions), so no writer waits long behind one.
@@ -1149,23 +1167,60 @@ class Store:
             db.execute('DELETE FROM %s WHERE id = ?' % table, (pk,))
         return True
 
-    def expire_samples(self, cutoff, after, rows=1000):
-        """Delete, among the next `rows` samples after rowid `after`, those of sessions
-        that ended before `cutoff`. The rowid to go on from, or None when the pass is
-        over: samples are appended in time order, so none past `cutoff` can expire."""
-        samples = self.db.execute(
-            'SELECT ss.rowid, ss.at, s.ended_at FROM session_samples ss '
-            'JOIN sessions s ON s.id = ss.session_id WHERE ss.rowid > ? '
-            'ORDER BY ss.rowid LIMIT ?', (after, rows)).fetchall()
-        expired = [sample[0] for sample in samples
-                   if sample[2] is not None and sample[2] < cutoff]
+    def compact_samples(self, cutoff, after, sessions=100):
+        """Average the samples of the next ended session after id `after` not yet
+        compacted that ended before `cutoff` down to one per minute, in one transaction.
+        The id to go on from, or None when the pass is over (sessions are numbered as
+        they start, so none past `cutoff` can be due)."""
+        rows = self.db.execute(
+            'SELECT id, started_at, ended_at FROM sessions WHERE samples_compacted = 0 '
+            'AND ended_at IS NOT NULL AND id > ? ORDER BY id LIMIT ?',
+            (after, sessions)).fetchall()
+        for row in rows:
+            if row['started_at'] >= cutoff:
+                return None
+            if row['ended_at'] < cutoff:
+                with self.transaction(durable=False, channels=False) as db:
+                    minutes = db.execute(
+                        'SELECT min(at), avg(bitrate_kbps), max(bytes_in), '
+                        'CAST(round(avg(viewers)) AS INTEGER), '
+                        'CAST(round(avg(viewers_hls)) AS INTEGER) FROM session_samples '
+                        'WHERE session_id = ? GROUP BY CAST(at / 60 AS INTEGER)',
+                        (row['id'],)).fetchall()
+                    db.execute('DELETE FROM session_samples WHERE session_id = ?', (row['id'],))
+                    db.executemany('INSERT INTO session_samples (session_id, at, bitrate_kbps, '
+                                   'bytes_in, viewers, viewers_hls) VALUES (?, ?, ?, ?, ?, ?)',
+                                   [(row['id'],) + tuple(minute) for minute in minutes])
+                    db.execute('UPDATE sessions SET samples_compacted = 1 WHERE id = ?',
+                               (row['id'],))
+                return row['id']
+        return None if len(rows) < sessions else rows[-1]['id']
+
+    def expire_sessions(self, cutoff, after, rows=1000, batch=50):
+        """Delete, with their samples, up to `batch` of the next `rows` sessions after id
+        `after` that ended before `cutoff`. The id to go on from, or None when the pass
+        is over: sessions are numbered as they start, so none past `cutoff` can expire."""
+        sessions = self.db.execute(
+            'SELECT id, channel_id, started_at, ended_at FROM sessions WHERE id > ? '
+            'ORDER BY id LIMIT ?', (after, rows)).fetchall()
+        expired = [row for row in sessions
+                   if row['ended_at'] is not None and row['ended_at'] < cutoff][:batch]
         if expired:
+            ids = [row['id'] for row in expired]
+            marks = ', '.join('?' * len(ids))
             with self.transaction(channels=False) as db:
-                db.execute('DELETE FROM session_samples WHERE rowid IN (%s)'
-                           % ', '.join('?' * len(expired)), expired)
-        if len(samples) < rows or samples[-1][1] >= cutoff:
+                db.execute('DELETE FROM session_samples WHERE session_id IN (%s)' % marks, ids)
+                db.execute('DELETE FROM sessions WHERE id IN (%s)' % marks, ids)
+                # Totals keep them (sessions, liveSeconds); the list no longer counts them.
+                for channel_pk, count in collections.Counter(
+                        row['channel_id'] for row in expired).items():
+                    db.execute('UPDATE channels SET sessions_forgotten = sessions_forgotten + ? '
+                               'WHERE id = ?', (count, channel_pk))
+            if len(expired) == batch:
+                return ids[-1]
+        if len(sessions) < rows or sessions[-1]['started_at'] >= cutoff:
             return None
-        return samples[-1][0]
+        return sessions[-1]['id']
 
     def channel_session(self, channel_pk, public_id):
         """One of the channel's sessions by its public id, or None."""
@@ -1177,13 +1232,14 @@ class Store:
     def session_samples(self, session_pk, start, end, points):
         """The session's samples averaged into `points` equal slices of [start, end],
         oldest first, one row per slice that has samples: the slice's start time, the
-        mean bitrate and viewers, and the last (largest) byte count."""
+        mean bitrate and viewers (RTMP, HLS), and the last (largest) byte count."""
         span = max(end - start, 1.0)
         return self.db.execute(
             'SELECT :start + slice * :span / :points AS at, avg(bitrate_kbps) AS bitrate_kbps, '
-            'max(bytes_in) AS bytes_in, avg(viewers) AS viewers FROM (SELECT '
+            'max(bytes_in) AS bytes_in, avg(viewers - coalesce(viewers_hls, 0)) AS viewers_rtmp, '
+            'avg(coalesce(viewers_hls, 0)) AS viewers_hls FROM (SELECT '
             'max(0, min(:points - 1, CAST((at - :start) * :points / :span AS INTEGER))) '
-            'AS slice, bitrate_kbps, bytes_in, viewers FROM session_samples '
+            'AS slice, bitrate_kbps, bytes_in, viewers, viewers_hls FROM session_samples '
             'WHERE session_id = :session) GROUP BY slice ORDER BY slice',
             {'start': start, 'span': span, 'points': points, 'session': session_pk}).fetchall()
 
@@ -1204,7 +1260,8 @@ class Store:
         live = self.db.execute(
             'SELECT coalesce(sum(s.bitrate_kbps), 0) AS bitrate_kbps, '
             'coalesce(sum(? - s.started_at), 0) AS seconds, '
-            'coalesce(sum(s.bytes_in), 0) AS bytes_in FROM channels c '
+            'coalesce(sum(s.bytes_in), 0) AS bytes_in, coalesce(sum(s.viewers), 0) AS viewers, '
+            "coalesce(group_concat(c.public_id), '') AS public_ids FROM channels c "
             'JOIN sessions s ON s.id = c.live_session_id WHERE c.live_session_id IS NOT NULL '
             + where, (now,) + args).fetchone()
         return totals, live
@@ -1734,10 +1791,12 @@ def session_json(row, now):
 
 def sample_json(row):
     """A point of a session's chart (Store.session_samples: means over a slice)."""
+    rtmp, hls = row['viewers_rtmp'], round(row['viewers_hls'])
+    rtmp = None if rtmp is None else round(rtmp)
     return {'at': iso(row['at']),
             'bitrateKbps': None if row['bitrate_kbps'] is None else round(row['bitrate_kbps'], 1),
-            'bytesIn': row['bytes_in'],
-            'viewers': None if row['viewers'] is None else round(row['viewers'])}
+            'bytesIn': row['bytes_in'], 'viewers': None if rtmp is None else rtmp + hls,
+            'viewersRtmp': rtmp, 'viewersHls': None if rtmp is None else hls}
 
 
 ###############################################################################
@@ -1901,7 +1960,17 @@ class NginxRtmp(IngestNode):
         return _data_path('nginx.conf.template').read_text().format(
             prefix=os.path.abspath(prefix), module=NGINX_RTMP_MODULE, rtmp_port=rtmp_port,
             http_port=http_port, http_host=http_host, app=rtmp_app(self.config), hook=hook,
-            update_interval=self.config['ingest']['update_interval'])
+            update_interval=self.config['ingest']['update_interval'],
+            hls_access_log=self._hls_access_log())
+
+    def _hls_access_log(self):
+        """The /hls location's access log: each request to the API's viewer log port
+        (the file names carry only channel ids, never a key), or none."""
+        port = self.config['ingest']['viewer_log_port']
+        if port is None:
+            return 'access_log off;'
+        return ('access_log syslog:server=127.0.0.1:%d,tag=livestream,nohostname hlsview;'
+                % port)
 
 
 # Polling stats and kicking publishers, for a node of any kind #################
@@ -2040,10 +2109,143 @@ class Kicker:
 # Background work: finishing force deletes, expiring samples ###################
 ###############################################################################
 
+# HLS viewers, from nginx's syslog access log ####################################
+
+#: A datagram of nginx's `access_log syslog:...,tag=livestream,nohostname hlsview`:
+#: `<PRI>Mon dd hh:mm:ss livestream: $msec|$remote_addr|$http_user_agent|$uri|$status`.
+_SYSLOG_LINE = re.compile(r'^<[0-9]{1,3}>[A-Z][a-z]{2} [ 0-9][0-9] [0-9:]{8} livestream: (.*)\Z',
+                          re.DOTALL)
+#: The HLS files of a channel, flat (`<id>.m3u8`, `<id>-<n>.ts`) or hls_nested (`<id>/...`).
+_HLS_URI = re.compile(r'^/hls/([a-z2-7]{16})(?:\.m3u8|-[0-9]+\.ts|/[^/]+\.(?:m3u8|ts))\Z')
+
+
+def parse_hls_view(datagram):
+    """(channel id, address, User-Agent) of a served HLS playlist or segment; None for
+    any other request. ValueError if the datagram is not an `hlsview` line (or was cut)."""
+    match = _SYSLOG_LINE.match(datagram.decode('utf-8', 'replace'))
+    if not match:
+        raise ValueError('not a syslog line of tag livestream')
+    msec, addr, rest = (match.group(1).split('|', 2) + ['', ''])[:3]
+    user_agent, uri, status = (['', ''] + rest.rsplit('|', 2))[-3:]
+    if not re.match(r'^[0-9]+\.[0-9]{3}\Z', msec) or not addr \
+            or not re.match(r'^[1-5][0-9]{2}\Z', status):
+        raise ValueError('not an hlsview line')
+    hls = _HLS_URI.match(uri)
+    if not hls or not status.startswith('2'):
+        return None
+    return hls.group(1), addr, user_agent
+
+
+class ViewerCounter:
+    """Distinct (address, User-Agent) pairs per channel seen in the last `window`
+    seconds; kept only as a hash salted per process, at most `limit` pairs (the
+    oldest seen goes first)."""
+
+    def __init__(self, window, limit=1000000):
+        self.window, self.limit = window, limit
+        self._salt = secrets.token_bytes(16)
+        self._seen = OrderedDict()  # (channel id, digest) -> last seen, oldest first
+        self._counts = collections.Counter()  # channel id -> pairs in _seen
+        self._lock = threading.Lock()
+
+    def add(self, channel_id, addr, user_agent, now):
+        digest = hmac.new(self._salt, ('%s\n%s' % (addr, user_agent)).encode('utf-8',
+                          'replace'), hashlib.sha256).digest()[:16]
+        key = (channel_id, digest)
+        with self._lock:
+            if key in self._seen:
+                self._seen.move_to_end(key)
+            else:
+                self._counts[channel_id] += 1
+            self._seen[key] = now
+            while len(self._seen) > self.limit:
+                self._forget()
+            self._expire(now)
+
+    def count(self, channel_id, now):
+        with self._lock:
+            self._expire(now)
+            return self._counts.get(channel_id, 0)
+
+    def _expire(self, now):
+        while self._seen and next(iter(self._seen.values())) <= now - self.window:
+            self._forget()
+
+    def _forget(self):
+        (channel_id, _), _ = self._seen.popitem(last=False)
+        self._counts[channel_id] -= 1
+        if not self._counts[channel_id]:
+            del self._counts[channel_id]
+
+
+class ViewerLog:
+    """The worker that receives nginx's HLS access log on UDP 127.0.0.1:`port` and
+    counts each viewer in `counter`. serve() runs it in a thread; tests call run_once()."""
+
+    #: Seconds between two log lines about malformed datagrams (never one per datagram).
+    MALFORMED_LOG_SECONDS = 60.0
+
+    def __init__(self, counter, port, clock):
+        self.counter, self.port, self.clock = counter, port, clock
+        self.malformed = 0  # since the last log line about them
+        self._malformed_logged = float('-inf')
+        self._sock, self._thread = None, None
+        self._stopping = threading.Event()
+
+    def run_once(self, datagram, now):
+        try:
+            view = parse_hls_view(datagram)
+        except ValueError:
+            self.malformed += 1
+            if now - self._malformed_logged >= self.MALFORMED_LOG_SECONDS:
+                log.warning('viewer log: %d malformed datagram(s) ignored (is the nginx '
+                            'log_format hlsview?)', self.malformed)
+                self.malformed, self._malformed_logged = 0, now
+            return
+        if view:
+            self.counter.add(*view, now)
+
+    def start(self):
+        """Listen, or warn and go on without HLS viewer counts if the port is taken."""
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        try:
+            sock.bind(('127.0.0.1', self.port))
+        except OSError as error:
+            sock.close()
+            log.warning('cannot listen for the HLS viewer log on udp 127.0.0.1:%d (%s): '
+                        'serving without HLS viewer counts ([ingest] viewer_log_port)',
+                        self.port, error.strerror or error)
+            return
+        sock.settimeout(0.5)  # to see stop() in time
+        self._sock = sock
+        self._thread = threading.Thread(target=self._run, name='viewer-log', daemon=True)
+        self._thread.start()
+
+    def stop(self):
+        self._stopping.set()
+        if self._thread:
+            self._thread.join(timeout=5)
+        if self._sock:
+            self._sock.close()
+
+    def _run(self):
+        while not self._stopping.is_set():
+            try:
+                datagram = self._sock.recv(4096)
+            except (socket.timeout, InterruptedError):
+                continue
+            except OSError as error:
+                log.error('viewer log: %s', error)
+                return
+            self.run_once(datagram, self.clock())
+
+
 class Purger:
     """The worker that deletes, in small transactions, what force deletes marked
     (Store.purge_step) and the samples of sessions that ended more than [ingest]
-    sample_retention_days ago (Store.expire_samples). serve() runs it in a thread;
+    sample_retention_days ago, averaged to one a minute (Store.compact_samples), then
+    the sessions that ended
+    more than [ingest] history_days ago (Store.expire_sessions). serve() runs it in a thread;
     tests and the CLI call run_once() themselves."""
 
     #: Seconds between passes over the samples; a force delete wakes it at once.
@@ -2053,10 +2255,12 @@ class Purger:
     #: After a failed batch (the database locked by another process, a full disk).
     RETRY_SECONDS = 5.0
 
-    def __init__(self, store, clock, retention_days):
+    def __init__(self, store, clock, retention_days, history_days=None):
         self.store, self.clock = store, clock
         self.retention_seconds = retention_days * 86400
+        self.history_seconds = None if history_days is None else history_days * 86400
         self._samples_after = 0  # where the pass over the samples goes on from
+        self._sessions_after = 0  # and the pass over the sessions
         self._wake, self._stopping = threading.Event(), threading.Event()
         self._thread = None
 
@@ -2066,8 +2270,12 @@ class Purger:
         if self.store.purge_step():
             return True
         now = self.clock() if now is None else now
-        after = self.store.expire_samples(now - self.retention_seconds, self._samples_after)
+        after = self.store.compact_samples(now - self.retention_seconds, self._samples_after)
         self._samples_after = after or 0
+        if after is not None or self.history_seconds is None:
+            return after is not None
+        after = self.store.expire_sessions(now - self.history_seconds, self._sessions_after)
+        self._sessions_after = after or 0
         return after is not None
 
     def wake(self):
@@ -2130,7 +2338,12 @@ class Service:
         control_url = config['ingest']['control_url']
         #: Drops the publisher of a session the API ends (None: [ingest] control_url empty).
         self.kicker = Kicker(self.node, control_url) if control_url else None
-        self.purger = Purger(self.store, clock, config['ingest']['sample_retention_days'])
+        self.purger = Purger(self.store, clock, config['ingest']['sample_retention_days'],
+                             config['ingest']['history_days'])
+        self.viewers = ViewerCounter(config['ingest']['viewer_window'])
+        port = config['ingest']['viewer_log_port']
+        #: Counts HLS viewers from nginx's access log (None: [ingest] viewer_log_port empty).
+        self.viewer_log = None if port is None else ViewerLog(self.viewers, port, clock)
         self.started = time.monotonic()
         self.hook_secret = None
         #: The paths of the admin routes, by any method (create_app; admin_only()).
@@ -2180,12 +2393,16 @@ class Service:
         self.purger.start()
         if self.kicker:
             self.kicker.start()
+        if self.viewer_log:
+            self.viewer_log.start()
 
     def stop(self):
         """Finish what the background workers have queued, and stop them."""
         self.purger.stop()
         if self.kicker:
             self.kicker.stop()
+        if self.viewer_log:
+            self.viewer_log.stop()
 
     @property
     def default_limits(self):
@@ -2513,9 +2730,12 @@ def channel_stats(channel_id):
         duration = max(0.0, (session['ended_at'] or now) - session['started_at'])
         current = {'sessionId': session['public_id'], 'startedAt': iso(session['started_at']),
                    'durationSeconds': round(duration), 'bitrateKbps': session['bitrate_kbps'],
-                   'bytesIn': session['bytes_in'], 'viewers': session['viewers'],
+                   'bytesIn': session['bytes_in'],
                    'video': json.loads(session['video']) if session['video'] else None,
                    'audio': json.loads(session['audio']) if session['audio'] else None}
+        hls = svc.viewers.count(channel['public_id'], now)
+        current.update(viewers=session['viewers'] + hls, viewersRtmp=session['viewers'],
+                       viewersHls=hls)
         totals['liveSeconds'] = round(channel['live_seconds'] + duration)
         totals['bytesIn'] += session['bytes_in']
     return envelope({'status': channel['status'], 'current': current, 'totals': totals})
@@ -2567,12 +2787,15 @@ def system_stats():
     client = caller()
     svc = service()
     admin = is_admin(client)
-    totals, live = svc.store.totals(None if admin else client['id'], svc.clock())
+    now = svc.clock()
+    totals, live = svc.store.totals(None if admin else client['id'], now)
     stats = {'users': totals['users'], 'channels': totals['channels'],
              'liveChannels': totals['live_channels'],
              'bitrateKbpsIn': round(live['bitrate_kbps'], 1), 'sessions': totals['sessions'],
              'liveSeconds': round(totals['live_seconds'] + live['seconds']),
-             'bytesIn': totals['bytes_in'] + live['bytes_in']}
+             'bytesIn': totals['bytes_in'] + live['bytes_in'],
+             'viewers': live['viewers'] + sum(svc.viewers.count(public_id, now) for public_id
+                                              in live['public_ids'].split(',') if public_id)}
     if admin:
         ingest = svc.ingest.snapshot()
         stats['system'] = {
@@ -2752,7 +2975,8 @@ def _figures(svc, name, live, now, max_age=None):
     """The stream's metrics from the ingest's /stat with its measured bitrate, or None
     where /stat does not list it."""
     metrics = svc.ingest.snapshot(max_age)['streams'].get(name)
-    return metrics and dict(metrics, bitrateKbps=measured_bitrate(metrics, live, now))
+    return metrics and dict(metrics, bitrateKbps=measured_bitrate(metrics, live, now),
+                            viewersHls=svc.viewers.count(name, now))
 
 
 def ingest_update(svc, event):
@@ -2933,17 +3157,19 @@ def openapi_document():
             'type': 'array', 'maxItems': MAX_POINTS, 'items': _closed({
                 'at': timestamp, 'bitrateKbps': {'type': ['number', 'null'], 'minimum': 0},
                 'bytesIn': {'type': ['integer', 'null'], 'minimum': 0},
-                'viewers': {'type': ['integer', 'null'], 'minimum': 0}})})),
+                **dict.fromkeys(('viewers', 'viewersRtmp', 'viewersHls'),
+                                {'type': ['integer', 'null'], 'minimum': 0})})})),
         'ChannelStats': _closed({
             'status': status,
             'current': {'anyOf': [{'type': 'null'}, _closed({
                 'sessionId': public_id, 'startedAt': timestamp, 'durationSeconds': count,
                 'bitrateKbps': {'type': ['number', 'null'], 'minimum': 0}, 'bytesIn': count,
-                'viewers': count, 'video': media, 'audio': media})]},
+                'viewers': count, 'viewersRtmp': count, 'viewersHls': count,
+                'video': media, 'audio': media})]},
             'totals': _closed({'sessions': count, 'liveSeconds': count, 'bytesIn': count})}),
         'Stats': _closed({
             'users': count, 'channels': count, 'liveChannels': count, 'bitrateKbpsIn': rate,
-            'sessions': count, 'liveSeconds': count, 'bytesIn': count,
+            'sessions': count, 'liveSeconds': count, 'bytesIn': count, 'viewers': count,
             'system': _closed({
                 'version': string, 'uptimeSeconds': count, 'dbBytes': count,
                 'lastBackupAt': timestamp,

@@ -201,3 +201,15 @@ END;
 -- When a session's figures (bytes_in, bitrate_kbps) were last measured: the base of
 -- a bitrate from the growth of bytes_in, and of the bytes extrapolated at its end.
 ALTER TABLE sessions ADD COLUMN sampled_at REAL;
+-- migration: 5
+-- HLS viewers (counted from nginx's access log) apart in each sample; `viewers` is
+-- RTMP and HLS together. NULL in samples from before: none counted.
+ALTER TABLE session_samples ADD COLUMN viewers_hls INTEGER;
+-- Sessions deleted as history ([ingest] history_days): the channel's `sessions`
+-- counts every broadcast ever; its session list counts the ones kept.
+ALTER TABLE channels ADD COLUMN sessions_forgotten INTEGER NOT NULL DEFAULT 0;
+-- Set once the samples of an ended session are averaged down to one a minute
+-- ([ingest] sample_retention_days after its end); the index finds the ones due.
+ALTER TABLE sessions ADD COLUMN samples_compacted INTEGER NOT NULL DEFAULT 0;
+CREATE INDEX IF NOT EXISTS sessions_uncompacted ON sessions (id)
+    WHERE samples_compacted = 0 AND ended_at IS NOT NULL;

@@ -12,7 +12,7 @@ import urllib.request
 import pytest
 
 from e2e_support import (MAX_STREAM_SECONDS, UPDATE_INTERVAL, Stack, bytes_sent,
-                         missing_requirements, tail, wait_exit, wait_for)
+                         skip_or_fail_if_missing, tail, wait_exit, wait_for)
 
 pytestmark = pytest.mark.e2e
 
@@ -30,12 +30,7 @@ CUT_OFF_UPDATE_INTERVAL = 10
 def running_stack(update_interval=UPDATE_INTERVAL):
     """A started Stack (stopped when the generator closes), or a skip / failure
     naming what this machine lacks."""
-    missing = missing_requirements()
-    if missing:
-        reason = 'end-to-end tests need ' + ', '.join(missing)
-        if os.environ.get('LIVESTREAM_E2E') == '1':
-            pytest.fail(reason + ' (required because LIVESTREAM_E2E=1)', pytrace=False)
-        pytest.skip(reason)
+    skip_or_fail_if_missing()
     stack = Stack(update_interval)
     try:
         stack.start()
