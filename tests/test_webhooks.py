@@ -4,11 +4,15 @@ GET /v1/events. Delivery is driven by calling the Deliverer, on the test clock."
 
 import base64
 import json
+import signal
+import time
+import urllib.parse
 
 import pytest
 
 import livestream_api
 from ingest_support import make_channel, publish, publish_done, stream_args, update
+from test_reliability import Api, spawn  # noqa: F401 (a fixture)
 from webhook_support import Receiver, deliver, signatures, verifies
 
 
@@ -353,6 +357,39 @@ def test_redeliver_without_a_webhook_is_409(new_client):
     [event] = client.get('/v1/events').json['data']['items']
     answer = client.post('/v1/events/%s/redeliver' % event['id'], status=409)
     assert answer.json['ec'] == 10
+
+
+@pytest.mark.slow
+def test_pending_deliveries_survive_kill_9(tmp_path, spawn):  # noqa: F811 (the fixture)
+    """50 events pending against a receiver that is down when the server is killed
+    with SIGKILL: after a restart, with the receiver up, every one arrives, once."""
+    down = Receiver()
+    url = down.url
+    down.close()  # nothing listens there now: every attempt fails at once
+    db = tmp_path / 'hooks.db'
+    server = spawn(db, 'before')
+    api = Api(server.port)
+    assert api.request('PUT', '/v1/webhook', {'url': url})[0] == 201
+    assert api.request('PUT', '/v1/users/u', {'limits': {'maxChannels': None}})[0] == 201
+    for n in range(50):
+        assert api.request('POST', '/v1/channels', {'userId': 'u', 'name': 'c%d' % n})[0] == 201
+    status, _, events = api.request('GET', '/v1/events?limit=100')
+    assert events['data']['total'] == 50
+    time.sleep(1)  # let the worker try (and fail) some of them
+    api.close()
+    server.signal(signal.SIGKILL)
+    server.wait(timeout=10)
+    receiver = Receiver(port=urllib.parse.urlsplit(url).port)
+    try:
+        spawn(db, 'after')
+        # Attempted before the kill: due again about 10 s (+-20%) after that attempt.
+        received = receiver.wait_for(50, timeout=40)
+        time.sleep(1)
+        assert sorted(event['id'] for event in received) == sorted(
+            event['id'] for event in events['data']['items'])
+        assert len(receiver.requests) == 50  # none twice: no answer was lost this time
+    finally:
+        receiver.close()
 
 
 # Secret rotation ##############################################################

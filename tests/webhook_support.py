@@ -14,7 +14,7 @@ class Receiver:
     statuses used up in order, then 200); with `hang` set, holds each request until
     release() or close()."""
 
-    def __init__(self):
+    def __init__(self, port=0):
         self.requests = []
         self.answers = []
         self.hang = False
@@ -40,7 +40,7 @@ class Receiver:
             def log_message(self, *args):
                 pass
 
-        self.httpd = http.server.ThreadingHTTPServer(('127.0.0.1', 0), Handler)
+        self.httpd = http.server.ThreadingHTTPServer(('127.0.0.1', port), Handler)
         self.httpd.daemon_threads = True
         self.url = 'http://127.0.0.1:%d/hook' % self.httpd.server_port
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True,
