@@ -12,7 +12,7 @@ import pytest
 
 import livestream_api
 from ingest_support import make_channel, publish, publish_done, stream_args, update
-from test_reliability import Api, spawn  # noqa: F401 (a fixture)
+from test_reliability import Api, spawn  # noqa: F401 (spawn: a fixture)
 from webhook_support import Receiver, deliver, signatures, verifies
 
 

@@ -16,6 +16,7 @@ class Receiver:
 
     def __init__(self, port=0):
         self.requests = []
+        self.arrived_at = []  # time.monotonic() of each request's arrival
         self.answers = []
         self.hang = False
         self.released = threading.Event()
@@ -27,6 +28,7 @@ class Receiver:
                 body = self.rfile.read(int(self.headers['Content-Length']))
                 with server.arrived:
                     server.requests.append((dict(self.headers), body))
+                    server.arrived_at.append(time.monotonic())
                     server.arrived.notify_all()
                 if server.hang:
                     server.released.wait(30)
