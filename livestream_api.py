@@ -1474,8 +1474,9 @@ class Store:
             "w.secret, w.old_secret, w.old_secret_until, cl.role = 'admin' AS admin "
             'FROM deliveries d JOIN events e ON e.id = d.event_id '
             'LEFT JOIN clients own ON own.id = e.client_id '
-            'LEFT JOIN webhooks w ON w.client_id = d.client_id '
             'LEFT JOIN clients cl ON cl.id = d.client_id '
+            # A deleted client's endpoint is as good as deleted (the purge removes it).
+            'LEFT JOIN webhooks w ON w.client_id = d.client_id AND cl.deleted_at IS NULL '
             "WHERE d.event_id = ? AND d.client_id = ? AND d.status = 'pending'",
             (event_pk, recipient_pk)).fetchone()
 

@@ -472,3 +472,16 @@ def test_old_events_are_pruned_in_batches(app, new_client, clock, monkeypatch):
     for _ in range(3):
         deliverer.run_once()
     assert client.get('/v1/events').json['data']['total'] == 1
+
+
+def test_a_deleted_clients_endpoint_gets_nothing_more(app, new_client, admin, receiver):
+    client = new_client()
+    register(client, receiver)
+    make_channel(client)
+    admin.delete('/v1/clients/%s?force=true' % client.client['id'], status=204)
+    deliver(app)
+    assert receiver.requests == []
+    [event] = admin.get('/v1/events?type=channel.created').json['data']['items']
+    assert tuple(app.livestream.store.db.execute(
+        'SELECT status, last_error FROM deliveries').fetchone()) == ('failed', 'webhook deleted')
+    assert event['data']['channel']['clientId'] == client.client['id']
