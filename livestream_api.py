@@ -2613,7 +2613,7 @@ class Service:
         self.hook_secret = None
         #: The paths of the admin routes, by any method (create_app; admin_only()).
         self.admin_paths = bottle.Router()
-        self.next_stale_check = float('-inf')
+        self._next_stale_check = float('-inf')
         #: sha256(Authorization header) -> (client row, valid until, login_stamp()
         #: when read): a verified login is trusted for LOGIN_SECONDS, so most requests
         #: skip the SQL and the hash, unless a client changed since it was read.
@@ -2680,20 +2680,25 @@ class Service:
         """Seconds without a hook call after which a live session is over."""
         return 3 * self.config['ingest']['update_interval']
 
+    def check_stale_by(self, when):
+        """A session may end at `when` (a reconnect window shorter than stale_after
+        moves its last-seen time back): the next stale check must not wait longer."""
+        self._next_stale_check = min(self._next_stale_check, when)
+
     def end_stale_sessions(self):
         """End sessions whose ingest went quiet, so no read shows a dead stream live.
-        Cheap on most calls: nothing can go stale before `next_stale_check`, since
+        Cheap on most calls: nothing can go stale before `_next_stale_check`, since
         sessions only ever open, or move their last-seen time, forward (but for a
-        reconnect window, whose hook moves the check itself: ingest_publish_done).
+        reconnect window, which moves the check itself: check_stale_by()).
         Also ends the sessions whose reconnect window has passed (Store.disconnect)."""
         now = self.clock()
-        if now < self.next_stale_check:
+        if now < self._next_stale_check:
             return
         oldest = self.store.oldest_open_session()
         if oldest is not None and oldest < now - self.stale_after:
             self.store.end_stale_sessions(now - self.stale_after)
             oldest = self.store.oldest_open_session()
-        self.next_stale_check = (now if oldest is None else oldest) + self.stale_after
+        self._next_stale_check = (now if oldest is None else oldest) + self.stale_after
 
 
 def service():
@@ -3337,9 +3342,7 @@ def ingest_publish_done(svc, event):
         window = decide_drop(live, svc.config['ingest']['reconnect_window'])
         if window:
             svc.store.disconnect(live['live_session_id'], now, window, svc.stale_after)
-            # A window shorter than stale_after moves the last-seen time back: the
-            # next stale check must not wait for the time it had worked out.
-            svc.next_stale_check = min(svc.next_stale_check, now + window)
+            svc.check_stale_by(now + window)
             log.info('channel %s: publisher left; session %s stays open %d s for it to '
                      'come back', name, live['session_id'], window)
         else:
