@@ -1881,6 +1881,8 @@ def check_channel_field(name, value):
             return None, 'must be at most 4096 bytes as JSON'
         return value, None
     if name == 'reconnectWindowSeconds':
+        if type(value) is float and value.is_integer():
+            value = int(value)  # JSON has one kind of number: 60.0 is the integer 60
         if value is None or (type(value) is int and 0 <= value <= MAX_RECONNECT_WINDOW):
             return value, None
         return None, 'must be null ([ingest] reconnect_window) or 0-%d' % MAX_RECONNECT_WINDOW
@@ -3413,6 +3415,13 @@ RETRY_SCHEDULE = (10, 30, 120, 600, 1800)
 DELIVERY_DEADLINE = SECRET_OVERLAP = 86400
 
 
+#: An endpoint: http or https, a host name or address (IPv6 in brackets), a port of
+#: 0-65535, then printable ASCII; no user:password@ (it would fail the host).
+WEBHOOK_URL = re.compile(
+    r'^https?://(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+)(:(6553[0-5]|655[0-2][0-9]|'
+    r'65[0-4][0-9]{2}|6[0-4][0-9]{3}|[1-5][0-9]{4}|[0-9]{1,4}))?([/?#][!-~]*)?\Z')
+
+
 def new_webhook_secret():
     return 'whsec_' + base64.b64encode(secrets.token_bytes(32)).decode('ascii')
 
@@ -3421,21 +3430,13 @@ def check_webhook(body):
     """{"url", "events"?} -> (url, [types] or None for all); 422 naming every bad field."""
     errors = {name: 'unknown field' for name in body if name not in ('url', 'events')}
     url = body.get('url')
-    if not isinstance(url, str) or not 1 <= len(url) <= 2048:
-        errors['url'] = 'must be an http or https URL of at most 2048 characters'
-    else:
-        try:
-            parts = urllib.parse.urlsplit(url)
-            parts.port  # a port that is not a number raises ValueError
-        except ValueError:
-            parts = None
-        if parts is None or parts.scheme not in ('http', 'https') or not parts.hostname \
-                or re.search(r'[\s\x00-\x1f\x7f]', url):
-            errors['url'] = 'must be an http or https URL of at most 2048 characters'
-        elif parts.username is not None or parts.password is not None:
-            errors['url'] = 'must not carry a user:password part'
+    if isinstance(url, str) and re.match(r'^https?://[^/?#]*@', url):
+        errors['url'] = 'must not carry a user:password part'
+    elif not (isinstance(url, str) and len(url) <= 2048 and WEBHOOK_URL.match(url)):
+        errors['url'] = ('must be an http or https URL of at most 2048 printable ASCII '
+                         'characters (percent-encode others)')
     events = body.get('events')
-    if events is not None:
+    if 'events' in body:  # null too is refused: leave it out for every type
         if not isinstance(events, list) or not events or \
                 not all(isinstance(kind, str) for kind in events):
             errors['events'] = 'must be a non-empty array of event types'
@@ -4053,7 +4054,7 @@ def openapi_document():
                            ref('WebhookWithSecret')),
            '200': _success('Replaced (the secret is unchanged, not shown)', ref('Webhook'))},
           '404 413 422', body=_closed({
-              'url': {'type': 'string', 'minLength': 1, 'maxLength': 2048,
+              'url': {'type': 'string', 'maxLength': 2048, 'pattern': _ecma(WEBHOOK_URL),
                       'description': 'http or https, no user:password'},
               'events': {'type': 'array', 'minItems': 1,
                          'items': {'enum': list(EVENT_TYPES)},

@@ -44,6 +44,12 @@ def test_put_shows_the_secret_once_and_get_hides_it(new_client, receiver):
     assert replaced.json['data']['events'] == ['channel.live']
 
 
+@pytest.mark.parametrize('url', ['http://127.0.0.1:9000/hook', 'https://app.example.com',
+                                 'https://[::1]:65535/events?x=1#y', 'http://host-1.internal:8080/a%20b'])
+def test_good_urls_are_taken(new_client, url):
+    assert new_client().put_json('/v1/webhook', {'url': url}, status=201).json['data']['url'] == url
+
+
 def test_no_webhook_is_404(new_client):
     client = new_client()
     for method, path in (('get', '/v1/webhook'), ('delete', '/v1/webhook'),
@@ -59,11 +65,15 @@ def test_no_webhook_is_404(new_client):
     ({'url': 'example.com/hook'}, 'url'),
     ({'url': 'https://example.com/' + 'a' * 2048}, 'url'),
     ({'url': 'https://example.com/\nx'}, 'url'),
+    ({'url': 'https://example.com:65536/hook'}, 'url'),
+    ({'url': 'https://exämple.com/hook'}, 'url'),
+    ({'url': 'HTTPS://example.com/hook'}, 'url'),
     ({'url': 42}, 'url'),
     ({}, 'url'),
     ({'url': 'https://example.com/hook', 'events': ['channel.exploded']}, 'events'),
     ({'url': 'https://example.com/hook', 'events': []}, 'events'),
     ({'url': 'https://example.com/hook', 'events': 'channel.live'}, 'events'),
+    ({'url': 'https://example.com/hook', 'events': None}, 'events'),
     ({'url': 'https://example.com/hook', 'secret': 'mine'}, 'secret'),
 ])
 def test_bad_webhooks_are_422(new_client, body, field):
