@@ -4,7 +4,11 @@ GET /v1/events. Delivery is driven by calling the Deliverer, on the test clock."
 
 import base64
 import json
+import pathlib
+import re
+import shutil
 import signal
+import subprocess
 import time
 import urllib.parse
 
@@ -495,3 +499,46 @@ def test_a_deleted_clients_endpoint_gets_nothing_more(app, new_client, admin, re
     assert tuple(app.livestream.store.db.execute(
         'SELECT status, last_error FROM deliveries').fetchone()) == ('failed', 'webhook deleted')
     assert event['data']['channel']['clientId'] == client.client['id']
+
+
+def test_disabled_webhooks_log_events_and_send_nothing(make_app, new_client, receiver):
+    app = make_app(webhooks={'enabled': 'false'})[1]
+    client = new_client()
+    register(client, receiver)
+    make_channel(client)
+    app.livestream.deliverer.run_once()
+    app.livestream.deliverer.settle()
+    assert receiver.requests == []
+    [event] = client.get('/v1/events').json['data']['items']
+    assert event['delivery']['status'] == 'pending'
+
+
+README = (pathlib.Path(__file__).resolve().parent.parent / 'README.md').read_text()
+
+
+def test_the_readme_receivers_verify_a_real_delivery(app, new_client, receiver, clock):
+    """The README's Python and Node receivers accept a delivery signed with their
+    secret (the old one too during a rotation) and refuse a changed body."""
+    clock.now = time.time()  # the receivers refuse a t more than 5 minutes off
+    client = new_client()
+    secret = register(client, receiver)['secret']
+    make_channel(client)
+    deliver(app)
+    [(headers, body)] = receiver.requests
+    python = re.search(r'```python\n(.*?)```', README.split('### Webhooks')[1], re.S).group(1)
+    namespace = {}
+    exec(python, namespace)
+    assert namespace['verified'](secret, headers, body)
+    assert not namespace['verified'](secret, headers, body + b' ')
+    assert not namespace['verified']('whsec_other', headers, body)
+    if shutil.which('node') is None:
+        return
+    node = re.search(r'```js\n(.*?)```', README.split('### Webhooks')[1], re.S).group(1)
+    program = node + ''.join(
+        'console.log(verified(%s, %s, Buffer.from(%s, "base64")));\n' % (
+            json.dumps(key), json.dumps({'x-livestream-signature':
+                                         headers['X-Livestream-Signature']}),
+            json.dumps(base64.b64encode(data).decode()))
+        for key, data in ((secret, body), (secret, body + b' '), ('whsec_other', body)))
+    done = subprocess.run(['node', '-e', program], capture_output=True, text=True, timeout=30)
+    assert done.stdout.split() == ['true', 'false', 'false'], done.stderr
