@@ -22,6 +22,9 @@ Reading map, top to bottom, each section and its one job:
   Clients ... Stats    the routes, by resource, in API.md's order
   Ingest hooks         the decisions (plain functions), then the events acting
                        on them, and the POST /v1/hooks/<kind> route
+  Webhooks             signing, the retry schedule, the Deliverer (posts the
+                       events the Store wrote with each change), and the
+                       /v1/webhook and /v1/events routes
   OpenAPI description  the document of ROUTES
   Building the app     ROUTES (with admin and sweeps) and create_app()
   Serving              logs, listeners and serve()
