@@ -48,8 +48,9 @@ def test_put_shows_the_secret_once_and_get_hides_it(new_client, receiver):
     assert replaced.json['data']['events'] == ['channel.live']
 
 
-@pytest.mark.parametrize('url', ['http://127.0.0.1:9000/hook', 'https://app.example.com',
-                                 'https://[::1]:65535/events?x=1#y', 'http://host-1.internal:8080/a%20b'])
+@pytest.mark.parametrize('url', [
+    'http://127.0.0.1:9000/hook', 'https://app.example.com', 'https://[::1]:65535/events?x=1#y',
+    'http://host-1.internal:8080/a%20b'])
 def test_good_urls_are_taken(new_client, url):
     assert new_client().put_json('/v1/webhook', {'url': url}, status=201).json['data']['url'] == url
 
