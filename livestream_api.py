@@ -1469,6 +1469,15 @@ class Store:
             'AND next_attempt_at <= ? GROUP BY client_id', (now,)).fetchall()
         return [tuple(row) for row in rows if row[1] not in busy][:limit]
 
+    def claim_delivery(self, event_pk, recipient_pk, now, until):
+        """Take a due delivery for an attempt: it is not due again before `until` (so
+        another process serving this database does not send it too, and one cut short
+        by a crash is retried after that). Whether it was still due."""
+        with self.transaction(durable=False, channels=False) as db:
+            return db.execute("UPDATE deliveries SET next_attempt_at = ? WHERE event_id = ? "
+                              "AND client_id = ? AND status = 'pending' AND next_attempt_at <= ?",
+                              (until, event_pk, recipient_pk, now)).rowcount > 0
+
     def delivery_job(self, event_pk, recipient_pk):
         """What an attempt needs: the event, its pending delivery, the endpoint (url,
         secrets) and whether it is an admin's; None unless still pending."""
@@ -3534,6 +3543,8 @@ class Deliverer:
     IDLE_SECONDS = 0.2
     #: Old events are pruned this often, this many a transaction.
     PRUNE_SECONDS, PRUNE_BATCH = 60.0, 500
+    #: A delivery being attempted is not due again for its timeout and this long.
+    LEASE_SECONDS = 10.0
 
     def __init__(self, store, clock, config, sweep=None, rand=None):
         self.store, self.clock, self.sweep = store, clock, sweep
@@ -3569,6 +3580,9 @@ class Deliverer:
         with self._lock:
             room = self.max_in_flight - len(self._busy)
             due = self.store.due_deliveries(now, self._busy, room) if room > 0 else []
+            due = [(event_pk, recipient) for event_pk, recipient in due
+                   if self.store.claim_delivery(event_pk, recipient, now,
+                                                now + self.timeout + self.LEASE_SECONDS)]
             self._busy.update(recipient for _, recipient in due)
         while len(self._senders) < min(self.max_in_flight, len(self._busy)):
             sender = threading.Thread(target=self._send_jobs, name='webhook-sender',

@@ -543,3 +543,26 @@ def test_the_readme_receivers_verify_a_real_delivery(app, new_client, receiver, 
         for key, data in ((secret, body), (secret, body + b' '), ('whsec_other', body)))
     done = subprocess.run(['node', '-e', program], capture_output=True, text=True, timeout=30)
     assert done.stdout.split() == ['true', 'false', 'false'], done.stderr
+
+
+def test_two_processes_on_one_database_send_each_event_once(make_app, new_client, receiver):
+    """Each server's worker takes a delivery before its attempt, so two `serve`s
+    sharing the database do not both send it (here: while the first attempt hangs)."""
+    first, second = make_app()[1], make_app()[1]
+    try:
+        client = new_client()
+        register(client, receiver)
+        receiver.hang = True
+        make_channel(client)
+        first.livestream.deliverer.deliver_due()
+        assert len(receiver.wait_for(1)) == 1
+        assert second.livestream.deliverer.deliver_due() == 0
+        assert len(receiver.wait_for(2, timeout=1)) == 1
+        receiver.release()
+        first.livestream.deliverer.settle()
+        assert client.get('/v1/events').json['data']['items'][0]['delivery'][
+            'status'] == 'delivered'
+    finally:
+        receiver.release()
+        for app in (first, second):
+            app.livestream.deliverer.stop()
