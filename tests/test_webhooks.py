@@ -259,6 +259,21 @@ def test_a_bitrate_cut_is_limit_exceeded_then_idle(app, new_client, receiver, ho
     assert receiver.events[1]['data']['session']['endReason'] == 'max_bitrate'
 
 
+def test_a_session_length_cut_is_limit_exceeded_then_idle(app, new_client, receiver, hook,
+                                                          clock, interval):
+    client = new_client()
+    register(client, receiver, events=['limit.exceeded', 'channel.idle'])
+    channel = make_channel(client, maxSessionSeconds=60)
+    publish(hook, channel)
+    clock.advance(61)
+    assert update(hook, channel).status_int == 403
+    deliver(app)
+    assert receiver.types == ['limit.exceeded', 'channel.idle']
+    assert receiver.events[0]['data']['limit'] == 'maxSessionSeconds'
+    assert receiver.events[0]['data']['value'] == 60
+    assert receiver.events[1]['data']['session']['endReason'] == 'max_session_seconds'
+
+
 # Delivery: retries, hanging endpoints, redirects ##############################
 
 def test_two_failures_then_success_is_delivered_on_the_third_attempt(app, new_client,
