@@ -22,6 +22,9 @@ Reading map, top to bottom, each section and its one job:
   Clients ... Stats    the routes, by resource, in API.md's order
   Ingest hooks         the decisions (plain functions), then the events acting
                        on them, and the POST /v1/hooks/<kind> route
+  Webhooks             signing, the retry schedule, the Deliverer (posts the
+                       events the Store wrote with each change), and the
+                       /v1/webhook and /v1/events routes
   OpenAPI description  the document of ROUTES
   Building the app     ROUTES (with admin and sweeps) and create_app()
   Serving              logs, listeners and serve()
@@ -39,6 +42,7 @@ import functools
 import hashlib
 import heapq
 import hmac
+import http.client
 import ipaddress
 import itertools
 import json
@@ -54,6 +58,7 @@ import sqlite3
 import sys
 import threading
 import time
+import urllib.error
 import urllib.parse
 import urllib.request
 import xml.etree.ElementTree as ElementTree
@@ -166,6 +171,17 @@ def _url(text):
     return text.rstrip('/')
 
 
+#: The longest reconnect window, in seconds ([ingest] reconnect_window, a channel's).
+MAX_RECONNECT_WINDOW = 1800
+
+
+def _reconnect_window(text):
+    value = int(text)
+    if not 0 <= value <= MAX_RECONNECT_WINDOW:
+        raise ValueError('must be 0 (off) to %d seconds' % MAX_RECONNECT_WINDOW)
+    return value
+
+
 #: Largest value a user limit may take (fits SQLite's integer and any client's).
 MAX_LIMIT = 2 ** 31 - 1
 
@@ -197,6 +213,7 @@ CONFIG_KEYS = {
         'history_days': (_days_or_forever, '365'),
         'viewer_log_port': (_optional_port, '5140'),
         'viewer_window': (_positive_int, '30'),
+        'reconnect_window': (_reconnect_window, '0'),
     },
     'limits': {
         'max_channels': (_limit, '100'),
@@ -207,6 +224,12 @@ CONFIG_KEYS = {
     'auth': {
         'throttle_failures': (_positive_int, '10'),
         'throttle_seconds': (_positive_int, '60'),
+    },
+    'webhooks': {
+        'enabled': (_boolean, 'true'),
+        'retention_days': (_positive_int, '7'),
+        'timeout_seconds': (_positive_int, '5'),
+        'max_in_flight': (_positive_int, '10'),
     },
 }
 
@@ -351,6 +374,7 @@ def _channel_object(admin):
         "'playback', json_object("
         "'hls', (SELECT hls_url FROM temp.ingest) || '/' || public_id || '.m3u8', "
         "'rtmp', (SELECT rtmp_url FROM temp.ingest) || '/' || public_id), "
+        "'reconnectWindowSeconds', reconnect_window, "
         "'liveSince', " + _iso_sql('live_since') + ", 'createdAt', " + _iso_sql('created_at')
         + ", 'updatedAt', " + _iso_sql('updated_at')
         + (", 'clientId', client_public_id)" if admin else ")"))
@@ -929,15 +953,21 @@ class Store:
             # The limit check and the insert are one statement: no row past the limit.
             inserted = db.execute(
                 'INSERT INTO channels (public_id, client_id, user_pk, name, description, '
-                'metadata, enabled, stream_key, created_at, updated_at) '
-                'SELECT ?, ?, id, ?, ?, ?, 1, ?, ?, ? FROM users '
+                'metadata, enabled, stream_key, reconnect_window, created_at, updated_at) '
+                'SELECT ?, ?, id, ?, ?, ?, 1, ?, ?, ?, ? FROM users '
                 'WHERE id = ? AND (max_channels IS NULL OR channels < max_channels)',
                 (public_id, client_pk, fields['name'], fields.get('description', ''),
-                 json.dumps(fields.get('metadata', {})), new_stream_key(), now, now,
-                 user_pk)).rowcount
+                 json.dumps(fields.get('metadata', {})), new_stream_key(),
+                 fields.get('reconnect_window'), now, now, user_pk)).rowcount
             if not inserted:
-                return None, ('maxChannels', db.execute(
+                limit = ('maxChannels', db.execute(
                     'SELECT max_channels FROM users WHERE id = ?', (user_pk,)).fetchone()[0])
+                self._event(db, 'limit.exceeded', now, client_pk=client_pk, data={
+                    'channelId': None, 'userId': user_id, 'limit': limit[0],
+                    'value': limit[1]})
+                return None, limit
+            self._event(db, 'channel.created', now, channel_pk=db.execute(
+                'SELECT id FROM channels WHERE public_id = ?', (public_id,)).fetchone()[0])
         return self.channel(client_pk, public_id), None
 
     def update_channel(self, channel_pk, fields, now, reason=None):
@@ -947,18 +977,24 @@ class Store:
         columns = dict(fields)
         if 'metadata' in columns:
             columns['metadata'] = json.dumps(columns['metadata'])
+        ended = []
         with self.transaction() as db:
+            enabled = db.execute('SELECT enabled FROM channels WHERE id = ?',
+                                 (channel_pk,)).fetchone()
             db.execute('UPDATE channels SET %s updated_at = ? WHERE id = ?'
                        % ''.join('%s = ?, ' % name for name in columns),
                        tuple(columns.values()) + (now, channel_pk))
             if reason:
-                return self._end_live_sessions(db, 'id = ?', (channel_pk,), reason, now)
-        return []
+                ended = self._end_live_sessions(db, 'id = ?', (channel_pk,), reason, now)
+            if enabled is not None:
+                self._event(db, edit_event(fields, bool(enabled[0])), now, channel_pk=channel_pk)
+        return ended
 
     def delete_channel(self, channel_pk, now):
         """Delete a channel, ending its live session; returns it ended (_end_live_sessions)."""
         with self.transaction() as db:
             ended = self._end_live_sessions(db, 'id = ?', (channel_pk,), 'channel_deleted', now)
+            self._event(db, 'channel.deleted', now, channel_pk=channel_pk)
             db.execute('DELETE FROM channels WHERE id = ?', (channel_pk,))
         return ended
 
@@ -967,9 +1003,10 @@ class Store:
     #: Ends a session at ? (not before it began) for the reason ?; nginx reports a stream
     #: no more once it ends, so the bytes since its last sample are extrapolated at its
     #: last measured rate (? and ? are the end again). See README "Statistics".
-    _ENDING = ('ended_at = max(?, started_at), end_reason = ?, bytes_in = bytes_in + '
-               'CAST(coalesce(bitrate_kbps, 0) * 125 * max(0, ? - coalesce(sampled_at, ?)) '
-               'AS INTEGER)')
+    #: A session whose publisher left (the reconnect window) ends when it left.
+    _ENDING = ('ended_at = max(coalesce(left_at, ?), started_at), end_reason = ?, '
+               'bytes_in = bytes_in + CAST(coalesce(bitrate_kbps, 0) * 125 * '
+               'max(0, coalesce(left_at, ?) - coalesce(sampled_at, ?)) AS INTEGER)')
 
     def _end_live_sessions(self, db, channel_filter, args, reason, now):
         """End the open sessions of the channels matching `channel_filter`. Returns them
@@ -977,7 +1014,8 @@ class Store:
         connection), so that their publishers can be kicked (Service.kick)."""
         ended = db.execute(
             'SELECT c.public_id AS channel_id, s.public_id AS session_id, '
-            's.ingest_client AS connection FROM (SELECT public_id, live_session_id '
+            's.ingest_client AS connection, c.id AS channel_pk, s.id AS session_pk '
+            'FROM (SELECT id, public_id, live_session_id '
             'FROM channels WHERE live_session_id IS NOT NULL AND %s) c '
             'JOIN sessions s ON s.id = c.live_session_id' % channel_filter, args).fetchall()
         db.execute('UPDATE sessions SET %s WHERE ended_at IS NULL AND channel_id IN '
@@ -985,11 +1023,41 @@ class Store:
                    (now, reason, now, now) + tuple(args))
         db.execute('UPDATE channels SET live_session_id = NULL WHERE live_session_id IS NOT NULL '
                    'AND %s' % channel_filter, args)
+        for session in ended:
+            self._event(db, 'channel.idle', now, channel_pk=session['channel_pk'],
+                        session_pk=session['session_pk'])
         return ended
 
-    def end_session(self, session_pk, reason, ended_at):
+    def end_session(self, session_pk, reason, ended_at, limit=None):
+        """End an open session; `limit` (name, value), when it passed a user's limit,
+        goes in a limit.exceeded event before its channel.idle."""
         with self.transaction() as db:
+            if limit:
+                channel = db.execute(
+                    'SELECT c.public_id, c.client_id, u.user_id FROM sessions s JOIN channels c '
+                    'ON c.id = s.channel_id JOIN users u ON u.id = c.user_pk WHERE s.id = ? '
+                    'AND s.ended_at IS NULL', (session_pk,)).fetchone()
+                if channel:
+                    self._event(db, 'limit.exceeded', ended_at, client_pk=channel['client_id'],
+                                channel_id=channel['public_id'], data={
+                                    'channelId': channel['public_id'],
+                                    'userId': channel['user_id'], 'limit': limit[0],
+                                    'value': limit[1]})
             self._end_session(db, session_pk, reason, ended_at)
+
+    def disconnect(self, session_pk, now, window, stale_after):
+        """Its publisher left, but may come back within `window` seconds: the session
+        stays open (and live), its bytes counted up to now. Its last-seen time is set
+        so that it goes stale exactly as the window ends: every stale check
+        (end_stale_sessions, a publish) then ends it, as of when the publisher left."""
+        with self.transaction() as db:
+            if db.execute(
+                    'UPDATE sessions SET left_at = ?, last_seen_at = ?, bytes_in = bytes_in + '
+                    'CAST(coalesce(bitrate_kbps, 0) * 125 * max(0, ? - coalesce(sampled_at, ?)) '
+                    'AS INTEGER), sampled_at = ?, bitrate_kbps = 0 '
+                    'WHERE id = ? AND ended_at IS NULL AND left_at IS NULL',
+                    (now, now + window - stale_after, now, now, now, session_pk)).rowcount:
+                self._event(db, 'channel.disconnected', now, session_pk=session_pk)
 
     def left_after_stale(self, session_pk):
         """Record that the publisher of a session ended as stale has since left."""
@@ -998,10 +1066,11 @@ class Store:
                        "AND end_reason = 'stale'", (session_pk,))
 
     def _end_session(self, db, session_pk, reason, ended_at):
-        db.execute('UPDATE sessions SET %s WHERE id = ? AND ended_at IS NULL' % self._ENDING,
-                   (ended_at, reason, ended_at, ended_at, session_pk))
-        db.execute('UPDATE channels SET live_session_id = NULL WHERE live_session_id = ?',
-                   (session_pk,))
+        if db.execute('UPDATE sessions SET %s WHERE id = ? AND ended_at IS NULL' % self._ENDING,
+                      (ended_at, reason, ended_at, ended_at, session_pk)).rowcount:
+            db.execute('UPDATE channels SET live_session_id = NULL WHERE live_session_id = ?',
+                       (session_pk,))
+            self._event(db, 'channel.idle', ended_at, session_pk=session_pk)
 
     def oldest_open_session(self):
         """The earliest last-seen time of the open sessions, or None."""
@@ -1018,19 +1087,24 @@ class Store:
         through the sessions_open index (stale ones are few), whoever owns them."""
         where, args = ('AND (SELECT user_pk FROM channels WHERE id = o.channel_id) = ?',
                        (cutoff, user_pk)) if user_pk else ('', (cutoff,))
-        stale = db.execute('SELECT o.id, o.last_seen_at FROM sessions o WHERE o.ended_at IS NULL '
-                           'AND o.last_seen_at < ? ' + where, args).fetchall()
+        stale = db.execute('SELECT o.id, o.last_seen_at, o.left_at FROM sessions o '
+                           'WHERE o.ended_at IS NULL AND o.last_seen_at < ? ' + where,
+                           args).fetchall()
         for session in stale:
-            self._end_session(db, session['id'], 'stale', session['last_seen_at'])
+            if session['left_at'] is not None:  # its reconnect window has passed
+                self._end_session(db, session['id'], 'publisher_left', session['left_at'])
+            else:
+                self._end_session(db, session['id'], 'stale', session['last_seen_at'])
         return len(stale)
 
     def ingest_channel(self, public_id):
         """What the hooks need to know of a stream, in one read: the channel, its
         user's limits and its open session (the session columns NULL when idle)."""
         return self._cached_row(
-            'SELECT c.id, c.live_session_id, u.max_bitrate_kbps, u.max_session_seconds, '
-            's.public_id AS session_id, s.ingest_client AS connection, s.started_at, '
-            's.last_seen_at, s.bytes_in, s.sampled_at FROM channels c '
+            'SELECT c.id, c.live_session_id, c.reconnect_window, u.max_bitrate_kbps, '
+            'u.max_session_seconds, s.public_id AS session_id, s.ingest_client AS connection, '
+            's.started_at, s.last_seen_at, s.bytes_in, s.sampled_at, s.left_at, '
+            's.bytes_base, s.paused_seconds FROM channels c '
             + _LIVE_OWNERS + 'LEFT JOIN sessions s ON s.id = c.live_session_id '
             'WHERE c.public_id = ?', (public_id,))
 
@@ -1049,9 +1123,10 @@ class Store:
         Returns (the session's public id, None) or (None, why not)."""
         with self.transaction() as db:
             channel = db.execute(
-                'SELECT c.id, c.user_pk, c.enabled, c.stream_key, c.live_session_id, '
+                'SELECT c.id, c.user_pk, c.client_id, u.user_id, c.enabled, c.stream_key, '
+                'c.live_session_id, '
                 'u.live_channels, u.max_live_channels, s.ingest_client AS connection, '
-                's.last_seen_at, '
+                's.last_seen_at, s.left_at, s.public_id AS session_id, '
                 '(SELECT count(*) FROM sessions o WHERE o.ended_at IS NULL AND o.last_seen_at < ? '
                 ' AND (SELECT user_pk FROM channels WHERE id = o.channel_id) = c.user_pk) '
                 'AS stale_live FROM channels c ' + _LIVE_OWNERS +
@@ -1059,9 +1134,24 @@ class Store:
                 (stale_cutoff, public_id)).fetchone()
             decision = decide(channel)
             if decision.why:
+                if decision.refusal:
+                    self._event(db, 'publish.refused', now, client_pk=channel['client_id'],
+                                channel_id=public_id, data={
+                                    'channelId': public_id, 'userId': channel['user_id'],
+                                    'reason': decision.refusal})
                 return None, decision.why
             if decision.end_stale:
                 self._end_stale(db, stale_cutoff, channel['user_pk'])
+            if decision.resume:
+                # The gap is not live time; the new connection's byte count starts at 0.
+                db.execute('UPDATE sessions SET paused_seconds = paused_seconds + '
+                           'max(0, ? - left_at), left_at = NULL, ingest_client = ?, addr = ?, '
+                           'last_seen_at = ?, sampled_at = ?, bytes_base = bytes_in '
+                           'WHERE id = ?', (now, connection, addr, now, now,
+                                            channel['live_session_id']))
+                self._event(db, 'channel.reconnected', now,
+                            session_pk=channel['live_session_id'])
+                return channel['session_id'], None
             if decision.take_over:
                 self._end_session(db, channel['live_session_id'], 'stale', channel['last_seen_at'])
             session_id = new_public_id()
@@ -1071,6 +1161,7 @@ class Store:
                 (session_id, channel['id'], connection, addr, now, now)).lastrowid
             db.execute('UPDATE channels SET live_session_id = ? WHERE id = ?',
                        (session_pk, channel['id']))
+            self._event(db, 'channel.live', now, session_pk=session_pk)
         return session_id, None
 
     def record_sample(self, session_pk, now, metrics):
@@ -1251,6 +1342,182 @@ class Store:
         return [sample for sample in (dict(zip(fields, [at] + json.loads(means)))
                                       for at, means in slices) if sample['count']]
 
+    # Events and webhooks (the outbox) ----------------------------------------
+
+    def _event(self, db, kind, now, channel_pk=None, session_pk=None, client_pk=None,
+               channel_id=None, data=None, to_admins=True):
+        """Record an event in the write transaction `db`, with a pending delivery to
+        each endpoint it is for (its client's; with `to_admins`, every admin's) whose
+        filter takes it. With a session, its data is {channel, session}; with a
+        channel, {channel} (as its owner sees it, as of now); else `data`."""
+        if session_pk is not None:
+            session = db.execute('SELECT s.*, c.public_id AS channel_public_id FROM sessions s '
+                                 'JOIN channels c ON c.id = s.channel_id WHERE s.id = ?',
+                                 (session_pk,)).fetchone()
+            channel_pk = session['channel_id']
+        if channel_pk is not None:
+            channel = db.execute('SELECT client_id, public_id, %s AS json FROM (%sWHERE c.id = ?)'
+                                 % (CHANNEL_OBJECT, self._CHANNEL_ROWS), (channel_pk,)).fetchone()
+            if channel is None:  # its user or client is being deleted: nobody to tell
+                return
+            client_pk, channel_id = channel['client_id'], channel['public_id']
+            data = {'channel': json.loads(channel['json'])}
+            if session_pk is not None:
+                data['session'] = session_json(session, now)
+        event_pk = db.execute(
+            'INSERT INTO events (public_id, client_id, channel_id, type, created_at, data) '
+            'VALUES (?, ?, ?, ?, ?, ?)', (new_public_id(), client_pk, channel_id, kind, now,
+                                          json.dumps(data, separators=(',', ':')))).lastrowid
+        db.execute(
+            "INSERT INTO deliveries (event_id, client_id, status, queued_at, next_attempt_at) "
+            "SELECT ?, w.client_id, 'pending', ?, ? FROM webhooks w JOIN clients cl "
+            'ON cl.id = w.client_id AND cl.deleted_at IS NULL '
+            "WHERE (w.client_id = ? OR (? AND cl.role = 'admin')) AND (w.events IS NULL "
+            'OR EXISTS (SELECT 1 FROM json_each(w.events) WHERE value = ?))',
+            (event_pk, now, now, client_pk, to_admins, kind))
+        return event_pk
+
+    def webhook(self, client_pk):
+        return self.db.execute('SELECT * FROM webhooks WHERE client_id = ?',
+                               (client_pk,)).fetchone()
+
+    def put_webhook(self, client_pk, url, events, secret, now):
+        """Create or replace the client's endpoint (`secret` signs a new one; a replaced
+        one keeps its own). (The webhook, whether it is new.)"""
+        events = None if events is None else json.dumps(events)
+        with self.transaction(channels=False) as db:
+            created = db.execute(
+                'INSERT INTO webhooks (client_id, url, events, secret, created_at, updated_at) '
+                'SELECT id, ?, ?, ?, ?, ? FROM clients WHERE id = ? AND deleted_at IS NULL '
+                'ON CONFLICT (client_id) DO NOTHING',
+                (url, events, secret, now, now, client_pk)).rowcount
+            if not created:
+                db.execute('UPDATE webhooks SET url = ?, events = ?, updated_at = ? '
+                           'WHERE client_id = ?', (url, events, now, client_pk))
+        return self.webhook(client_pk), bool(created)
+
+    def delete_webhook(self, client_pk, now):
+        """Delete the client's endpoint; its pending deliveries fail. Whether it had one."""
+        with self.transaction(channels=False) as db:
+            if not db.execute('DELETE FROM webhooks WHERE client_id = ?', (client_pk,)).rowcount:
+                return False
+            db.execute("UPDATE deliveries SET status = 'failed', last_error = 'webhook deleted', "
+                       "next_attempt_at = NULL WHERE client_id = ? AND status = 'pending'",
+                       (client_pk,))
+        return True
+
+    def rotate_webhook_secret(self, client_pk, secret, old_until, now):
+        """A new signing secret; the old one signs too until `old_until`. Whether the
+        client has an endpoint."""
+        with self.transaction(channels=False) as db:
+            return db.execute('UPDATE webhooks SET old_secret = secret, old_secret_until = ?, '
+                              'secret = ?, updated_at = ? WHERE client_id = ?',
+                              (old_until, secret, now, client_pk)).rowcount > 0
+
+    def test_event(self, client_pk, now):
+        """Queue a webhook.test event to the client's own endpoint; its row id."""
+        with self.transaction(channels=False) as db:
+            return self._event(db, 'webhook.test', now, client_pk=client_pk, data={},
+                               to_admins=False)
+
+    #: An event with the delivery state of endpoint ? (the caller's) and its owner's id.
+    _EVENT_ROWS = ('SELECT e.*, cl.public_id AS client_public_id, d.status, d.attempts, '
+                   'd.last_status, d.last_error, d.next_attempt_at, d.delivered_at '
+                   'FROM events e LEFT JOIN clients cl ON cl.id = e.client_id '
+                   'LEFT JOIN deliveries d ON d.event_id = e.id AND d.client_id = ? ')
+
+    def list_events(self, client_pk, recipient_pk, kind, channel_id, status, after, limit):
+        """A page of events, newest first, and their total: one client's (None: every
+        client's), with the delivery state of recipient_pk's endpoint."""
+        where, args = ['1'], []
+        if client_pk is not None:
+            where.append('e.client_id = ?')
+            args.append(client_pk)
+        for column, value in (('e.type', kind), ('e.channel_id', channel_id),
+                              ("coalesce(d.status, 'none')", status)):
+            if value is not None:
+                where.append('%s = ?' % column)
+                args.append(value)
+        filters = ' AND '.join(where)
+        with self.snapshot() as db:
+            rows = db.execute(self._EVENT_ROWS + 'WHERE %s AND e.id < ? ORDER BY e.id DESC '
+                              'LIMIT ?' % filters,
+                              [recipient_pk] + args + [after, limit + 1]).fetchall()
+            total = db.execute('SELECT count(*) FROM events e LEFT JOIN deliveries d ON '
+                               'd.event_id = e.id AND d.client_id = ? WHERE ' + filters,
+                               [recipient_pk] + args).fetchone()[0]
+        return rows, total
+
+    def event(self, client_pk, recipient_pk, public_id):
+        """One event by public id, within one client (None: any), with recipient_pk's
+        delivery state; None if there is none."""
+        row = self.db.execute(self._EVENT_ROWS + 'WHERE e.public_id = ?',
+                              (recipient_pk, public_id)).fetchone()
+        return row if row and client_pk in (None, row['client_id']) else None
+
+    def redeliver(self, event_pk, recipient_pk, now):
+        """Queue the event again to the endpoint, attempts from 0. Whether there is one."""
+        with self.transaction(channels=False) as db:
+            if not db.execute('SELECT 1 FROM webhooks WHERE client_id = ?',
+                              (recipient_pk,)).fetchone():
+                return False
+            db.execute("INSERT INTO deliveries (event_id, client_id, status, queued_at, "
+                       "next_attempt_at) VALUES (?, ?, 'pending', ?, ?) ON CONFLICT "
+                       "(event_id, client_id) DO UPDATE SET status = 'pending', attempts = 0, "
+                       'last_status = NULL, last_error = NULL, queued_at = excluded.queued_at, '
+                       'next_attempt_at = excluded.next_attempt_at, delivered_at = NULL',
+                       (event_pk, recipient_pk, now, now))
+        return True
+
+    def due_deliveries(self, now, busy, limit):
+        """[(event pk, endpoint's client pk)]: the oldest due delivery of each endpoint
+        not in `busy`, up to `limit`: one endpoint's backlog never hides another's."""
+        rows = self.db.execute(
+            "SELECT min(event_id), client_id FROM deliveries WHERE status = 'pending' "
+            'AND next_attempt_at <= ? GROUP BY client_id', (now,)).fetchall()
+        return [tuple(row) for row in rows if row[1] not in busy][:limit]
+
+    def claim_delivery(self, event_pk, recipient_pk, now, until):
+        """Take a due delivery for an attempt: it is not due again before `until` (so
+        another process serving this database does not send it too, and one cut short
+        by a crash is retried after that). Whether it was still due."""
+        with self.transaction(durable=False, channels=False) as db:
+            return db.execute("UPDATE deliveries SET next_attempt_at = ? WHERE event_id = ? "
+                              "AND client_id = ? AND status = 'pending' AND next_attempt_at <= ?",
+                              (until, event_pk, recipient_pk, now)).rowcount > 0
+
+    def delivery_job(self, event_pk, recipient_pk):
+        """What an attempt needs: the event, its pending delivery, the endpoint (url,
+        secrets) and whether it is an admin's; None unless still pending."""
+        return self.db.execute(
+            "SELECT e.*, own.public_id AS client_public_id, d.attempts, d.queued_at, w.url, "
+            "w.secret, w.old_secret, w.old_secret_until, cl.role = 'admin' AS admin "
+            'FROM deliveries d JOIN events e ON e.id = d.event_id '
+            'LEFT JOIN clients own ON own.id = e.client_id '
+            'LEFT JOIN clients cl ON cl.id = d.client_id '
+            # A deleted client's endpoint is as good as deleted (the purge removes it).
+            'LEFT JOIN webhooks w ON w.client_id = d.client_id AND cl.deleted_at IS NULL '
+            "WHERE d.event_id = ? AND d.client_id = ? AND d.status = 'pending'",
+            (event_pk, recipient_pk)).fetchone()
+
+    def record_attempt(self, event_pk, recipient_pk, status, attempts, last_status,
+                       last_error, next_attempt_at, delivered_at):
+        # Not fsynced: a delivery lost to a power cut is sent again (at least once).
+        with self.transaction(durable=False, channels=False) as db:
+            db.execute("UPDATE deliveries SET status = ?, attempts = ?, last_status = ?, "
+                       "last_error = ?, next_attempt_at = ?, delivered_at = ? "
+                       "WHERE event_id = ? AND client_id = ? AND status = 'pending'",
+                       (status, attempts, last_status, last_error, next_attempt_at,
+                        delivered_at, event_pk, recipient_pk))
+
+    def prune_events(self, cutoff, batch):
+        """Delete up to `batch` of the oldest events made before `cutoff` (their
+        deliveries with them); how many."""
+        with self.transaction(durable=False, channels=False) as db:
+            return db.execute('DELETE FROM events WHERE id IN (SELECT id FROM events '
+                              'WHERE created_at < ? ORDER BY created_at LIMIT ?)',
+                              (cutoff, batch)).rowcount
+
     # Statistics --------------------------------------------------------------
 
     def totals(self, client_pk, now):
@@ -1267,7 +1534,8 @@ class Store:
         where = 'AND +c.client_id = ?' if client_pk else ''
         live = self.db.execute(
             'SELECT coalesce(sum(s.bitrate_kbps), 0) AS bitrate_kbps, '
-            'coalesce(sum(? - s.started_at), 0) AS seconds, '
+            'coalesce(sum(coalesce(s.left_at, ?) - s.started_at - s.paused_seconds), 0) '
+            'AS seconds, '
             'coalesce(sum(s.bytes_in), 0) AS bytes_in, coalesce(sum(s.viewers), 0) AS viewers, '
             "coalesce(group_concat(c.public_id), '') AS public_ids FROM channels c "
             'JOIN sessions s ON s.id = c.live_session_id WHERE c.live_session_id IS NOT NULL '
@@ -1632,6 +1900,12 @@ def check_channel_field(name, value):
         if len(json.dumps(value, separators=(',', ':')).encode('utf-8')) > 4096:
             return None, 'must be at most 4096 bytes as JSON'
         return value, None
+    if name == 'reconnectWindowSeconds':
+        if type(value) is float and value.is_integer():
+            value = int(value)  # JSON has one kind of number: 60.0 is the integer 60
+        if value is None or (type(value) is int and 0 <= value <= MAX_RECONNECT_WINDOW):
+            return value, None
+        return None, 'must be null ([ingest] reconnect_window) or 0-%d' % MAX_RECONNECT_WINDOW
     if name == 'userId':
         return (value, None) if isinstance(value, str) and USER_ID.match(value) else (
             None, 'must be 1-64 characters of A-Z a-z 0-9 _ . -')
@@ -1780,8 +2054,9 @@ def user_json(row, admin):
 
 
 def session_json(row, now):
-    end = row['ended_at'] if row['ended_at'] is not None else now
-    duration = max(0.0, end - row['started_at'])
+    # While its publisher is away (the reconnect window), a session's time stands still.
+    end = row['ended_at'] if row['ended_at'] is not None else row['left_at'] or now
+    duration = max(0.0, end - row['started_at'] - row['paused_seconds'])
     average = round(row['bytes_in'] * 8 / 1000 / duration, 1) if duration else 0
     peak = row['peak_bitrate_kbps']
     return {
@@ -2352,6 +2627,10 @@ class Service:
         port = config['ingest']['viewer_log_port']
         #: Counts HLS viewers from nginx's access log (None: [ingest] viewer_log_port empty).
         self.viewer_log = None if port is None else ViewerLog(self.viewers, port, clock)
+        #: Posts events to webhooks, and ends stale sessions and reconnect windows
+        #: with no request to do it.
+        self.deliverer = Deliverer(self.store, clock, config['webhooks'],
+                                   sweep=self.end_stale_sessions)
         self.started = time.monotonic()
         self.hook_secret = None
         #: The paths of the admin routes, by any method (create_app; admin_only()).
@@ -2399,6 +2678,7 @@ class Service:
     def start(self):
         """Start the background workers (serve owns their lifetimes)."""
         self.purger.start()
+        self.deliverer.start()
         if self.kicker:
             self.kicker.start()
         if self.viewer_log:
@@ -2407,6 +2687,7 @@ class Service:
     def stop(self):
         """Finish what the background workers have queued, and stop them."""
         self.purger.stop()
+        self.deliverer.stop()
         if self.kicker:
             self.kicker.stop()
         if self.viewer_log:
@@ -2421,10 +2702,17 @@ class Service:
         """Seconds without a hook call after which a live session is over."""
         return 3 * self.config['ingest']['update_interval']
 
+    def check_stale_by(self, when):
+        """A session may end at `when` (a reconnect window shorter than stale_after
+        moves its last-seen time back): the next stale check must not wait longer."""
+        self._next_stale_check = min(self._next_stale_check, when)
+
     def end_stale_sessions(self):
         """End sessions whose ingest went quiet, so no read shows a dead stream live.
         Cheap on most calls: nothing can go stale before `_next_stale_check`, since
-        sessions only ever open, or move their last-seen time, forward."""
+        sessions only ever open, or move their last-seen time, forward (but for a
+        reconnect window, which moves the check itself: check_stale_by()).
+        Also ends the sessions whose reconnect window has passed (Store.disconnect)."""
         now = self.clock()
         if now < self._next_stale_check:
             return
@@ -2632,8 +2920,10 @@ def create_channel():
     client_pk = owner()
     query({'clientId'})
     fields = check_channel_fields(read_json(max_body()),
-                                  ('userId', 'name', 'description', 'metadata'),
-                                  required=('userId', 'name'))
+                                  ('userId', 'name', 'description', 'metadata',
+                                   'reconnectWindowSeconds'), required=('userId', 'name'))
+    if 'reconnectWindowSeconds' in fields:
+        fields['reconnect_window'] = fields.pop('reconnectWindowSeconds')
     svc = service()
     channel, limit = svc.store.create_channel(client_pk, fields.pop('userId'), fields,
                                               svc.default_limits, svc.clock())
@@ -2680,11 +2970,14 @@ def get_channel(channel_id):
 def _update_channel(channel_id, replace):
     channel = _channel(channel_id)
     query(())
-    allowed = ('name', 'description', 'metadata', 'enabled')
+    allowed = ('name', 'description', 'metadata', 'enabled', 'reconnectWindowSeconds')
     fields = check_channel_fields(read_json(max_body()), allowed,
                                   required=('name',) if replace else ())
     if replace:
-        fields = dict({'description': '', 'metadata': {}, 'enabled': True}, **fields)
+        fields = dict({'description': '', 'metadata': {}, 'enabled': True,
+                       'reconnectWindowSeconds': None}, **fields)
+    if 'reconnectWindowSeconds' in fields:
+        fields['reconnect_window'] = fields.pop('reconnectWindowSeconds')
     svc = service()
     if fields:
         svc.kick(svc.store.update_channel(channel['id'], fields, svc.clock(),
@@ -2735,8 +3028,10 @@ def channel_stats(channel_id):
         if session is None:  # gone with its channel, deleted since _channel read it
             raise not_found('channel')
         # A session that ended since counts up to its end, as its channel's totals will.
-        duration = max(0.0, (session['ended_at'] or now) - session['started_at'])
+        duration = max(0.0, (session['ended_at'] or session['left_at'] or now)
+                       - session['started_at'] - session['paused_seconds'])
         current = {'sessionId': session['public_id'], 'startedAt': iso(session['started_at']),
+                   'connected': session['left_at'] is None and session['ended_at'] is None,
                    'durationSeconds': round(duration), 'bitrateKbps': session['bitrate_kbps'],
                    'bytesIn': session['bytes_in'],
                    'video': json.loads(session['video']) if session['video'] else None,
@@ -2866,9 +3161,13 @@ END_REASONS = ('publisher_left', 'channel_disabled', 'key_rotated', 'channel_del
 #: API stopped hearing from it (restarted, or reaped it), never that the stream ended.
 RESUMABLE_ENDS = ('stale',)
 
-#: A publish's decision: why it is refused (None: it opens a session); whether the
-#: user's stale sessions end first; whether this channel's open session is taken over.
-Publish = collections.namedtuple('Publish', 'why end_stale take_over')
+#: A publish's decision: why it is refused (None: it opens a session) and the
+#: refusal's reason in a publish.refused event (None: no event, as for a channel that
+#: does not exist); whether the user's stale sessions end first; whether this
+#: channel's open session is taken over, or resumed (its publisher left within the
+#: reconnect window).
+Publish = collections.namedtuple('Publish', 'why end_stale take_over resume refusal',
+                                 defaults=(False, None))
 
 
 def decide_publish(channel, key, connection, stale_cutoff):
@@ -2877,19 +3176,25 @@ def decide_publish(channel, key, connection, stale_cutoff):
     if channel is None:
         return Publish('no such channel', False, False)
     if not hmac.compare_digest(key.encode(), channel['stream_key'].encode()):
-        return Publish('wrong stream key', False, False)
+        return Publish('wrong stream key', False, False, refusal='wrong_key')
     if not channel['enabled']:
-        return Publish('channel is disabled', False, False)
+        return Publish('channel is disabled', False, False, refusal='channel_disabled')
     fresh = channel['live_session_id'] is not None and channel['last_seen_at'] >= stale_cutoff
-    if fresh and channel['connection'] != connection:
-        return Publish('channel is already live from another connection', False, False)
+    # A session whose publisher left is fresh until its reconnect window ends (Store.
+    # disconnect): any connection with the key resumes it, as an encoder reconnects.
+    resume = fresh and channel['left_at'] is not None
+    if fresh and not resume and channel['connection'] != connection:
+        return Publish('channel is already live from another connection', False, False,
+                       refusal='already_live')
     # Stale sessions count as ended, since they end as this one opens; so does this
-    # channel's fresh one when its own connection publishes again (a takeover).
+    # channel's fresh one when its own connection publishes again (a takeover) or
+    # its encoder comes back (a resume: the slot stays its own).
     live_channels = channel['live_channels'] - channel['stale_live'] - fresh
     limit = channel['max_live_channels']
     if limit is not None and live_channels >= limit:
-        return Publish('user is at maxLiveChannels (%d)' % limit, False, False)
-    return Publish(None, channel['stale_live'] > 0, fresh)
+        return Publish('user is at maxLiveChannels (%d)' % limit, False, False,
+                       refusal='max_live_channels')
+    return Publish(None, channel['stale_live'] > 0, fresh and not resume, resume)
 
 
 def decide_update(live, connection):
@@ -2898,6 +3203,8 @@ def decide_update(live, connection):
     if live is None:
         return 'refuse', 'channel was deleted'
     if live['live_session_id'] is not None and live['connection'] == connection:
+        if live['left_at'] is not None:  # its publisher left: a late word from it
+            return 'refuse', 'publisher left'
         return 'keep', None
     return 'orphan', None
 
@@ -2917,6 +3224,13 @@ def decide_left(last):
     return last is not None and last['end_reason'] in RESUMABLE_ENDS
 
 
+def decide_drop(live, default_window):
+    """How long a session whose publisher just left stays open for it to come back
+    (its channel's reconnect window, else [ingest] reconnect_window): 0 ends it now."""
+    window = live['reconnect_window']
+    return default_window if window is None else window
+
+
 def measured_bitrate(metrics, live, now):
     """A stream's bitrate in kbit/s: nginx's bw_in; while that is still 0 (its first
     ~10 s), the growth of bytes_in since the session's last sample, or since it began."""
@@ -2929,10 +3243,14 @@ def measured_bitrate(metrics, live, now):
     return round(max(0, metrics['bytesIn'] - before) * 8 / 1000 / (now - since), 1)
 
 
+#: The user limit behind each end reason a limit gives (limit.exceeded names it).
+LIMIT_PASSED = {'max_session_seconds': 'maxSessionSeconds', 'max_bitrate': 'maxBitrateKbps'}
+
+
 def decide_limits(live, now, bitrate_kbps):
     """The limit an open session has passed (its end reason), or None."""
     if live['max_session_seconds'] is not None and \
-            now - live['started_at'] > live['max_session_seconds']:
+            now - live['started_at'] - (live['paused_seconds'] or 0) > live['max_session_seconds']:
         return 'max_session_seconds'
     if live['max_bitrate_kbps'] is not None and bitrate_kbps is not None and \
             bitrate_kbps > live['max_bitrate_kbps']:
@@ -2948,6 +3266,15 @@ def decide_edit(fields):
     if fields.get('enabled') is False:
         return 'channel_disabled'
     return None
+
+
+def edit_event(fields, was_enabled):
+    """The event a change of a channel's fields makes (one per change)."""
+    if 'stream_key' in fields:
+        return 'channel.key_rotated'
+    if fields.get('enabled', was_enabled) != was_enabled:
+        return 'channel.enabled' if fields['enabled'] else 'channel.disabled'
+    return 'channel.updated'
 
 
 # The hooks ####################################################################
@@ -2983,8 +3310,12 @@ def _figures(svc, name, live, now, max_age=None):
     """The stream's metrics from the ingest's /stat with its measured bitrate, or None
     where /stat does not list it."""
     metrics = svc.ingest.snapshot(max_age)['streams'].get(name)
-    return metrics and dict(metrics, bitrateKbps=measured_bitrate(metrics, live, now),
-                            viewersHls=svc.viewers.count(name, now))
+    if not metrics:
+        return None
+    # After a reconnect the ingest counts the new connection's bytes from 0.
+    metrics = dict(metrics, bytesIn=metrics['bytesIn'] + (live['bytes_base'] or 0))
+    return dict(metrics, bitrateKbps=measured_bitrate(metrics, live, now),
+                viewersHls=svc.viewers.count(name, now))
 
 
 def ingest_update(svc, event):
@@ -3009,7 +3340,9 @@ def ingest_update(svc, event):
         svc.store.record_sample(live['live_session_id'], now, metrics)
     over = decide_limits(live, now, metrics and metrics['bitrateKbps'])
     if over:
-        svc.store.end_session(live['live_session_id'], over, now)
+        limit = LIMIT_PASSED[over]
+        svc.store.end_session(live['live_session_id'], over, now,
+                              limit=(limit, live[LIMIT_COLUMNS[limit]]))
         svc.kick([{'channel_id': name, 'session_id': live['session_id'],
                    'connection': connection}])  # whether or not the 403 reaches nginx
         raise HookDenied('session passed %s' % over)
@@ -3028,9 +3361,16 @@ def ingest_publish_done(svc, event):
         metrics = _figures(svc, name, live, now, max_age=0)
         if metrics:
             svc.store.record_sample(live['live_session_id'], now, metrics)
-        svc.store.end_session(live['live_session_id'], 'publisher_left', now)
-        log.info('channel %s is idle (session %s ended: publisher_left)', name,
-                 live['session_id'])
+        window = decide_drop(live, svc.config['ingest']['reconnect_window'])
+        if window:
+            svc.store.disconnect(live['live_session_id'], now, window, svc.stale_after)
+            svc.check_stale_by(now + window)
+            log.info('channel %s: publisher left; session %s stays open %d s for it to '
+                     'come back', name, live['session_id'], window)
+        else:
+            svc.store.end_session(live['live_session_id'], 'publisher_left', now)
+            log.info('channel %s is idle (session %s ended: publisher_left)', name,
+                     live['session_id'])
     elif action == 'orphan':
         last = svc.store.last_session_of(live['id'], connection)
         if decide_left(last):
@@ -3073,6 +3413,379 @@ def ingest_hook(kind):
         log.warning('%s %s on channel %s refused: %s', kind, event.said, event.name, denied)
         raise ApiError(403, EC_FORBIDDEN, str(denied))
     return envelope(result)
+
+
+###############################################################################
+# Webhooks #####################################################################
+###############################################################################
+# Events are written by the Store in the transaction of their change (the outbox);
+# the Deliverer posts them from its own threads, never on a request's path.
+
+#: Every event type (API.md "Webhooks to the App Server").
+EVENT_TYPES = ('channel.created', 'channel.updated', 'channel.deleted', 'channel.disabled',
+               'channel.enabled', 'channel.key_rotated', 'channel.live', 'channel.idle',
+               'channel.disconnected', 'channel.reconnected', 'publish.refused',
+               'limit.exceeded', 'webhook.test')
+#: Delivery states of an event for one endpoint (`none`: there was no endpoint).
+DELIVERY_STATUSES = ('pending', 'delivered', 'failed', 'none')
+#: Seconds before the 2nd, 3rd, ... attempt, before jitter; hourly after the last.
+RETRY_SCHEDULE = (10, 30, 120, 600, 1800)
+#: How long after it was queued a delivery is retried before it is `failed`; how long
+#: a rotated-out secret still signs.
+DELIVERY_DEADLINE = SECRET_OVERLAP = 86400
+
+
+#: An endpoint: http or https, a host name or address (IPv6 in brackets), a port of
+#: 0-65535, then printable ASCII; no user:password@ (it would fail the host).
+WEBHOOK_URL = re.compile(
+    r'^https?://(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+)(:(6553[0-5]|655[0-2][0-9]|'
+    r'65[0-4][0-9]{2}|6[0-4][0-9]{3}|[1-5][0-9]{4}|[0-9]{1,4}))?([/?#][!-~]*)?\Z')
+
+
+def new_webhook_secret():
+    return 'whsec_' + base64.b64encode(secrets.token_bytes(32)).decode('ascii')
+
+
+def check_webhook(body):
+    """{"url", "events"?} -> (url, [types] or None for all); 422 naming every bad field."""
+    errors = {name: 'unknown field' for name in body if name not in ('url', 'events')}
+    url = body.get('url')
+    if isinstance(url, str) and re.match(r'^https?://[^/?#]*@', url):
+        errors['url'] = 'must not carry a user:password part'
+    elif not (isinstance(url, str) and len(url) <= 2048 and WEBHOOK_URL.match(url)):
+        errors['url'] = ('must be an http or https URL of at most 2048 printable ASCII '
+                         'characters (percent-encode others)')
+    events = body.get('events')
+    if 'events' in body:  # null too is refused: leave it out for every type
+        if not isinstance(events, list) or not events or \
+                not all(isinstance(kind, str) for kind in events):
+            errors['events'] = 'must be a non-empty array of event types'
+        elif set(events) - set(EVENT_TYPES):
+            errors['events'] = 'unknown event type %s; known: %s' % (
+                ', '.join(sorted(set(events) - set(EVENT_TYPES))), ', '.join(EVENT_TYPES))
+        else:
+            events = sorted(set(events), key=EVENT_TYPES.index)
+    if errors:
+        raise invalid(errors)
+    return url, events
+
+
+def webhook_json(row):
+    return {'url': row['url'], 'events': json.loads(row['events']) if row['events']
+            else list(EVENT_TYPES), 'createdAt': iso(row['created_at']),
+            'updatedAt': iso(row['updated_at'])}
+
+
+def event_body(row, admin):
+    """What is posted: {id, type, createdAt, data}; for an admin the channel object
+    carries clientId, as admins see channels."""
+    data = json.loads(row['data'])
+    if admin and 'channel' in data and row['client_public_id']:
+        data['channel']['clientId'] = row['client_public_id']
+    return {'id': row['public_id'], 'type': row['type'], 'createdAt': iso(row['created_at']),
+            'data': data}
+
+
+def event_json(row, admin):
+    """An event as GET /v1/events shows it: the body and the caller's delivery state."""
+    pending = row['status'] == 'pending'
+    return dict(event_body(row, admin), delivery={
+        'status': row['status'] or 'none', 'attempts': row['attempts'] or 0,
+        'lastStatus': row['last_status'], 'lastError': row['last_error'],
+        'nextAttemptAt': iso(row['next_attempt_at']) if pending else None,
+        'deliveredAt': iso(row['delivered_at'])})
+
+
+def signature(secrets_in_use, timestamp, body):
+    """X-Livestream-Signature: t=<unix>,v1=<hex HMAC-SHA256 of "<t>.<body>"> per secret."""
+    signed = b'%d.' % timestamp + body
+    return 't=%d' % timestamp + ''.join(
+        ',v1=' + hmac.new(secret.encode('utf-8'), signed, hashlib.sha256).hexdigest()
+        for secret in secrets_in_use)
+
+
+def retry_delay(attempts, rand):
+    """Seconds to wait after `attempts` failed attempts: RETRY_SCHEDULE, then hourly,
+    each +-20% (rand() in [0, 1)) so that endpoints that failed together spread out."""
+    base = RETRY_SCHEDULE[attempts - 1] if attempts <= len(RETRY_SCHEDULE) else 3600
+    return base * (0.8 + 0.4 * rand())
+
+
+def next_attempt(queued_at, attempts, now, rand):
+    """When to try again after `attempts` failed ones, or None: past the deadline."""
+    at = now + retry_delay(attempts, rand)
+    return None if at > queued_at + DELIVERY_DEADLINE else at
+
+
+class _NoRedirects(urllib.request.HTTPRedirectHandler):
+    """A 3xx is a failed attempt: following it could post a signed event elsewhere."""
+
+    def redirect_request(self, *args, **kwargs):
+        return None
+
+
+#: No redirects, and no proxy from the environment (an endpoint is called directly).
+_WEBHOOK_OPENER = urllib.request.build_opener(_NoRedirects, urllib.request.ProxyHandler({}))
+
+
+def post_event(url, body, headers, timeout):
+    """POST one delivery: (HTTP status or None, why it failed or None)."""
+    request = urllib.request.Request(url, data=body, headers=headers, method='POST')
+    try:
+        with _WEBHOOK_OPENER.open(request, timeout=timeout) as response:
+            return response.status, None
+    except urllib.error.HTTPError as error:
+        error.close()
+        return error.code, 'HTTP %d' % error.code
+    except (OSError, http.client.HTTPException, ValueError) as error:
+        return None, (str(error) or type(error).__name__)[:200]
+
+
+class Deliverer:
+    """Posts pending deliveries: a dispatcher (run_once, tests call it) hands the
+    oldest due delivery of each endpoint to a pool of max_in_flight senders, one
+    delivery per endpoint at a time, so a slow endpoint holds up only its own.
+    Each pass also ends stale sessions and windows (`sweep`) and prunes old events."""
+
+    #: Seconds between passes: the most an event waits before its first attempt.
+    IDLE_SECONDS = 0.2
+    #: Old events are pruned this often, this many a transaction.
+    PRUNE_SECONDS, PRUNE_BATCH = 60.0, 500
+    #: A delivery being attempted is not due again for its timeout and this long.
+    LEASE_SECONDS = 10.0
+
+    def __init__(self, store, clock, config, sweep=None, rand=None):
+        self.store, self.clock, self.sweep = store, clock, sweep
+        #: [webhooks] enabled = false: events are logged and stay pending, unsent.
+        self.enabled = config['enabled']
+        self.timeout = config['timeout_seconds']
+        self.max_in_flight = config['max_in_flight']
+        self.retention_seconds = config['retention_days'] * 86400
+        self.rand = rand or secrets.SystemRandom().random
+        self._busy = set()  # endpoints (client pks) with a delivery in flight
+        self._lock = threading.Lock()
+        self._jobs = queue.Queue()
+        self._senders = []
+        self._next_prune = float('-inf')
+        self._stopping = threading.Event()
+        self._thread = None
+
+    def run_once(self, now=None):
+        """One pass: sweep, dispatch what is due, prune if it is time."""
+        now = self.clock() if now is None else now
+        if self.sweep:
+            self.sweep()
+        if self.enabled:
+            self.deliver_due(now)
+        if now >= self._next_prune:
+            if self.store.prune_events(now - self.retention_seconds, self.PRUNE_BATCH) \
+                    < self.PRUNE_BATCH:
+                self._next_prune = now + self.PRUNE_SECONDS
+
+    def deliver_due(self, now=None):
+        """Hand each idle endpoint's oldest due delivery to a sender; how many."""
+        now = self.clock() if now is None else now
+        with self._lock:
+            room = self.max_in_flight - len(self._busy)
+            due = self.store.due_deliveries(now, self._busy, room) if room > 0 else []
+            due = [(event_pk, recipient) for event_pk, recipient in due
+                   if self.store.claim_delivery(event_pk, recipient, now,
+                                                now + self.timeout + self.LEASE_SECONDS)]
+            self._busy.update(recipient for _, recipient in due)
+        while len(self._senders) < min(self.max_in_flight, len(self._busy)):
+            sender = threading.Thread(target=self._send_jobs, name='webhook-sender',
+                                      daemon=True)
+            sender.start()
+            self._senders.append(sender)
+        for job in due:
+            self._jobs.put(job)
+        return len(due)
+
+    def settle(self):
+        """Wait until every delivery handed out has been attempted (for tests)."""
+        self._jobs.join()
+
+    def attempt(self, event_pk, recipient_pk):
+        """One attempt at one delivery, its outcome recorded."""
+        job = self.store.delivery_job(event_pk, recipient_pk)
+        if job is None:  # delivered, failed or pruned meanwhile
+            return
+        attempts = job['attempts'] + 1
+        if job['url'] is None:  # deleted as the attempt began
+            self.store.record_attempt(event_pk, recipient_pk, 'failed', job['attempts'], None,
+                                      'webhook deleted', None, None)
+            return
+        body = json.dumps(event_body(job, job['admin']), separators=(',', ':')).encode()
+        now = self.clock()
+        in_use = [job['secret']]
+        if job['old_secret'] and job['old_secret_until'] > now:
+            in_use.append(job['old_secret'])
+        status, error = post_event(job['url'], body, {
+            'Content-Type': 'application/json', 'User-Agent': 'livestream-api/' + __version__,
+            'X-Livestream-Event-Id': job['public_id'],
+            'X-Livestream-Signature': signature(in_use, int(now), body)}, self.timeout)
+        now = self.clock()
+        if status is not None and 200 <= status < 300:
+            self.store.record_attempt(event_pk, recipient_pk, 'delivered', attempts, status,
+                                      None, None, now)
+            return
+        retry = next_attempt(job['queued_at'], attempts, now, self.rand)
+        self.store.record_attempt(event_pk, recipient_pk, 'pending' if retry else 'failed',
+                                  attempts, status, error, retry, None)
+        log.warning('webhook delivery of event %s to %s failed (attempt %d): %s; %s',
+                    job['public_id'], urllib.parse.urlsplit(job['url']).hostname, attempts,
+                    error, 'retrying at %s' % iso(retry) if retry else 'giving up')
+
+    def _send_jobs(self):
+        while True:
+            job = self._jobs.get()
+            try:
+                if job is None:
+                    return
+                self.attempt(*job)
+            except Exception:  # a database error: the delivery stays pending, tried again
+                log.exception('webhook delivery of event row %s failed', job[0])
+            finally:
+                if job is not None:
+                    with self._lock:
+                        self._busy.discard(job[1])
+                self._jobs.task_done()
+
+    def start(self):
+        self._thread = threading.Thread(target=self._run, name='webhooks', daemon=True)
+        self._thread.start()
+
+    def stop(self):
+        """Stop dispatching; wait for attempts in flight (at most their timeout): one
+        cut short is sent again at the next start, as it is still pending."""
+        self._stopping.set()
+        if self._thread:
+            self._thread.join(timeout=30)
+        for _ in self._senders:
+            self._jobs.put(None)
+        deadline = time.monotonic() + self.timeout + 1
+        for sender in self._senders:
+            sender.join(timeout=max(0.0, deadline - time.monotonic()))
+
+    def _run(self):
+        while not self._stopping.is_set():
+            try:
+                self.run_once()
+            except sqlite3.Error as error:  # locked by another process, a full disk
+                log.error('webhook worker: %s', error)
+            self._stopping.wait(self.IDLE_SECONDS)
+
+
+# Routes: the endpoint and the event log ######################################
+
+def _webhook(svc):
+    row = svc.store.webhook(caller()['id'])
+    if row is None:
+        raise not_found('webhook')
+    return row
+
+
+def put_webhook():
+    """PUT /v1/webhook: register or replace the caller's endpoint (secret shown once)."""
+    query(())
+    url, events = check_webhook(read_json(max_body()))
+    svc = service()
+    secret = new_webhook_secret()
+    row, created = svc.store.put_webhook(caller()['id'], url, events, secret, svc.clock())
+    if row is None:  # its client was deleted since the request began
+        raise not_found('client')
+    answer = webhook_json(row)
+    if created:
+        answer['secret'] = secret
+    return envelope(answer, 201 if created else 200)
+
+
+def get_webhook():
+    """GET /v1/webhook: the caller's endpoint, without its secret."""
+    row = _webhook(service())
+    query(())
+    return envelope(webhook_json(row))
+
+
+def delete_webhook():
+    """DELETE /v1/webhook: its pending deliveries fail ("webhook deleted")."""
+    svc = service()
+    _webhook(svc)
+    query(())
+    if not svc.store.delete_webhook(caller()['id'], svc.clock()):
+        raise not_found('webhook')
+    return envelope(None, 204)
+
+
+def rotate_webhook_secret():
+    """POST /v1/webhook/rotate-secret: a new secret; for 24 h both sign."""
+    svc = service()
+    _webhook(svc)
+    query(())
+    secret, now = new_webhook_secret(), svc.clock()
+    if not svc.store.rotate_webhook_secret(caller()['id'], secret, now + SECRET_OVERLAP, now):
+        raise not_found('webhook')
+    return envelope(dict(webhook_json(_webhook(svc)), secret=secret))
+
+
+def _event_answer(svc, public_id):
+    client = caller()
+    row = svc.store.event(None if is_admin(client) else client['id'], client['id'],
+                          public_id)
+    if row is None:
+        raise not_found('event')
+    return row
+
+
+def send_test_event():
+    """POST /v1/webhook/test: queue a webhook.test event to the caller's endpoint."""
+    svc = service()
+    _webhook(svc)
+    query(())
+    event_pk = svc.store.test_event(caller()['id'], svc.clock())
+    row = svc.store.db.execute('SELECT public_id FROM events WHERE id = ?',
+                               (event_pk,)).fetchone()
+    return envelope(event_json(_event_answer(svc, row[0]), is_admin(caller())), 202)
+
+
+def list_events():
+    """GET /v1/events: the caller's events (an admin's: every client's), newest first,
+    with the delivery state of the caller's endpoint."""
+    params, after, limit = page_params({'type', 'channelId', 'status'})
+    kind, channel_id, status = params.get('type'), params.get('channelId'), params.get('status')
+    if kind is not None and kind not in EVENT_TYPES:
+        raise bad_request('type must be one of %s' % ', '.join(EVENT_TYPES))
+    if channel_id is not None and not PUBLIC_ID.match(channel_id):
+        raise bad_request('channelId is not a channel id')
+    if status is not None and status not in DELIVERY_STATUSES:
+        raise bad_request('status must be one of %s' % ', '.join(DELIVERY_STATUSES))
+    client = caller()
+    admin = is_admin(client)
+    rows, total = service().store.list_events(None if admin else client['id'], client['id'],
+                                              kind, channel_id, status, after, limit)
+    rows, after = window(rows, limit)
+    return envelope(page([event_json(row, admin) for row in rows], total, after))
+
+
+def get_event(event_id):
+    """GET /v1/events/{id}: one event with its delivery state."""
+    row = PUBLIC_ID.match(event_id) and _event_answer(service(), event_id)
+    if not row:
+        raise not_found('event')
+    query(())
+    return envelope(event_json(row, is_admin(caller())))
+
+
+def redeliver_event(event_id):
+    """POST /v1/events/{id}/redeliver: queue it again to the caller's endpoint."""
+    svc = service()
+    row = PUBLIC_ID.match(event_id) and _event_answer(svc, event_id)
+    if not row:
+        raise not_found('event')
+    query(())
+    if not svc.store.redeliver(row['id'], caller()['id'], svc.clock()):
+        raise ApiError(409, EC_CONFLICT, 'no webhook is registered: PUT /v1/webhook first')
+    return envelope(event_json(_event_answer(svc, event_id), is_admin(caller())), 202)
 
 
 ###############################################################################
@@ -3131,6 +3844,9 @@ def openapi_document():
     media = {'type': ['object', 'null']}
     limit = {'type': ['integer', 'null'], 'minimum': 0, 'maximum': MAX_LIMIT}
     status = {'enum': ['idle', 'live', 'disabled']}
+    window = {'type': ['integer', 'null'], 'minimum': 0, 'maximum': MAX_RECONNECT_WINDOW,
+              'description': 'Seconds a broadcast stays open after its publisher leaves; '
+                             'null: [ingest] reconnect_window.'}
 
     def ref(schema_name):
         return {'$ref': '#/components/schemas/' + schema_name}
@@ -3142,6 +3858,8 @@ def openapi_document():
         'peakBitrateKbps': {'type': ['number', 'null'], 'minimum': 0},
         'peakViewers': count, 'video': media, 'audio': media,
         'endReason': {'enum': sorted(END_REASONS) + [None]}}
+    webhook = {'url': string, 'events': {'type': 'array', 'items': {'enum': list(EVENT_TYPES)}},
+               'createdAt': timestamp, 'updatedAt': timestamp}
     client = {'id': public_id, 'name': string, 'role': {'enum': ['app', 'admin']},
               'tokenId': string, 'fromEnvironment': {'type': 'boolean'}, 'createdAt': timestamp}
     schemas = {
@@ -3157,6 +3875,7 @@ def openapi_document():
             'metadata': {'type': 'object'}, 'enabled': {'type': 'boolean'}, 'status': status,
             'streamUrl': string, 'streamId': string,
             'playback': _closed({'hls': string, 'rtmp': string}),
+            'reconnectWindowSeconds': window,
             'liveSince': {'type': ['string', 'null'], 'format': 'date-time'},
             'createdAt': timestamp, 'updatedAt': timestamp, 'clientId': public_id},
             optional=('clientId',)),
@@ -3171,6 +3890,7 @@ def openapi_document():
             'status': status,
             'current': {'anyOf': [{'type': 'null'}, _closed({
                 'sessionId': public_id, 'startedAt': timestamp, 'durationSeconds': count,
+                'connected': {'type': 'boolean'},
                 'bitrateKbps': {'type': ['number', 'null'], 'minimum': 0}, 'bytesIn': count,
                 'viewers': count, 'viewersRtmp': count, 'viewersHls': count,
                 'video': media, 'audio': media})]},
@@ -3186,6 +3906,18 @@ def openapi_document():
                     'streams': count, 'bitrateKbpsIn': rate})}}, optional=('lastBackupAt',))},
             optional=('system',)),
         'Health': _closed({'status': {'const': 'ok'}, 'version': string, 'db': {'const': 'ok'}}),
+        'Webhook': _closed(webhook),
+        'WebhookWithSecret': _closed(dict(webhook, secret=string)),
+        'Event': _closed({
+            'id': public_id, 'type': {'enum': list(EVENT_TYPES)}, 'createdAt': timestamp,
+            'data': {'type': 'object', 'description': '{channel}, {channel, session}, '
+                     '{channelId, userId, reason} or {channelId, userId, limit, value}, by type'},
+            'delivery': _closed({
+                'status': {'enum': list(DELIVERY_STATUSES)}, 'attempts': count,
+                'lastStatus': {'type': ['integer', 'null']},
+                'lastError': {'type': ['string', 'null']},
+                'nextAttemptAt': {'type': ['string', 'null'], 'format': 'date-time'},
+                'deliveredAt': {'type': ['string', 'null'], 'format': 'date-time'}})}),
     }
     some_data = {'type': ['object', 'null']}
     responses = {
@@ -3205,8 +3937,9 @@ def openapi_document():
         '405': _error('Method not allowed on this path; Allow lists those that are.',
                       [EC_METHOD], _closed({'allowed': {'type': 'array', 'items': string}}),
                       header='Allow'),
-        '409': _error('Conflict: the resource still owns others (use ?force=true), or the '
-                      'client is defined by the environment.', [EC_CONFLICT], some_data),
+        '409': _error('Conflict: the resource still owns others (use ?force=true), the '
+                      'client is defined by the environment, or (redeliver) no webhook is '
+                      'registered.', [EC_CONFLICT], some_data),
         '413': _error('Body over [server] max_body_bytes.', [EC_TOO_LARGE], some_data),
         '422': _error('Well-formed but invalid fields; data.fields says why for each.',
                       [EC_VALIDATION], _closed({'fields': {
@@ -3243,7 +3976,7 @@ def openapi_document():
                                         optional=tuple(LIMIT_COLUMNS))}, optional=('limits',))
     metadata = {'type': 'object', 'description': 'At most 4096 bytes as JSON.'}
     fields = {'name': name, 'description': description, 'metadata': metadata,
-              'enabled': {'type': 'boolean'}}
+              'enabled': {'type': 'boolean'}, 'reconnectWindowSeconds': window}
     hook_form = {
         'type': 'object', 'additionalProperties': string,  # and the stream's query arguments
         'properties': {'call': {'type': 'string'}, 'name': string, 'key': string,
@@ -3305,7 +4038,8 @@ def openapi_document():
           'default limits, if new)', {'201': _success('The channel', ref('Channel'))},
           '403 404 413 422', [client_id], _closed(
               {'userId': user_id, 'name': name, 'description': description,
-               'metadata': metadata}, optional=('description', 'metadata')))
+               'metadata': metadata, 'reconnectWindowSeconds': window},
+              optional=('description', 'metadata', 'reconnectWindowSeconds')))
     route('GET', '/v1/channels', list_channels, 'List channels, newest first',
           {'200': _success('A page of channels', _list_of(ref('Channel')))}, '404', page + [
               client_id, query_param('userId', user_id, "Only this user's channels."),
@@ -3339,6 +4073,38 @@ def openapi_document():
               '(mean bitrate and viewers, last byte count).')])
     route('GET', '/v1/stats', system_stats, "Totals of the caller's resources; for an admin, "
           "of every client's, plus system", {'200': _success('The totals', ref('Stats'))})
+    the_webhook = {'200': _success('The webhook, without its secret', ref('Webhook'))}
+    route('PUT', '/v1/webhook', put_webhook, "Register or replace the caller's endpoint",
+          {'201': _success('Created: the webhook and its secret (shown only here)',
+                           ref('WebhookWithSecret')),
+           '200': _success('Replaced (the secret is unchanged, not shown)', ref('Webhook'))},
+          '404 413 422', body=_closed({
+              'url': {'type': 'string', 'maxLength': 2048, 'pattern': _ecma(WEBHOOK_URL),
+                      'description': 'http or https, no user:password'},
+              'events': {'type': 'array', 'minItems': 1,
+                         'items': {'enum': list(EVENT_TYPES)},
+                         'description': 'Left out: every type.'}}, optional=('events',)))
+    route('GET', '/v1/webhook', get_webhook, "The caller's endpoint", the_webhook, '404')
+    route('DELETE', '/v1/webhook', delete_webhook, 'Delete the endpoint (pending deliveries '
+          'fail)', {'204': _success('Deleted')}, '404')
+    route('POST', '/v1/webhook/rotate-secret', rotate_webhook_secret, 'A new signing secret; '
+          'for 24 hours both sign', {'200': _success('The webhook with its new secret',
+                                                     ref('WebhookWithSecret'))}, '404')
+    route('POST', '/v1/webhook/test', send_test_event, 'Queue a webhook.test event to the '
+          'endpoint', {'202': _success('The event, queued', ref('Event'))}, '404')
+    event_path = path_param('eventId', public_id)
+    route('GET', '/v1/events', list_events, "The caller's events (an admin's: every "
+          "client's), newest first, with the delivery state of the caller's endpoint",
+          {'200': _success('A page of events', _list_of(ref('Event')))}, parameters=page + [
+              query_param('type', {'enum': list(EVENT_TYPES)}, 'Only this type.'),
+              query_param('channelId', public_id, 'Only events of this channel.'),
+              query_param('status', {'enum': list(DELIVERY_STATUSES)},
+                          'Only events in this delivery state.')])
+    route('GET', '/v1/events/{eventId}', get_event, 'One event with its delivery state',
+          {'200': _success('The event', ref('Event'))}, '404', [event_path])
+    route('POST', '/v1/events/{eventId}/redeliver', redeliver_event, 'Queue the event '
+          'again (attempts start over)', {'202': _success('The event, queued', ref('Event'))},
+          '404 409', [event_path])
     route('GET', '/v1/health', health, 'Whether the service and its database answer',
           {'200': _success('Healthy', ref('Health'))}, '400 503', public=True)
     route('GET', '/v1/openapi.json', openapi, 'This document (not an envelope)', {'200': {
@@ -3431,6 +4197,14 @@ ROUTES = [
     Route('GET', '/v1/channels/<channel_id>/sessions', list_sessions, sweeps=True),
     Route('GET', '/v1/channels/<channel_id>/sessions/<session_id>', get_session, sweeps=True),
     Route('GET', '/v1/stats', system_stats, sweeps=True),
+    Route('PUT', '/v1/webhook', put_webhook),
+    Route('GET', '/v1/webhook', get_webhook),
+    Route('DELETE', '/v1/webhook', delete_webhook),
+    Route('POST', '/v1/webhook/rotate-secret', rotate_webhook_secret),
+    Route('POST', '/v1/webhook/test', send_test_event),
+    Route('GET', '/v1/events', list_events, sweeps=True),
+    Route('GET', '/v1/events/<event_id>', get_event, sweeps=True),
+    Route('POST', '/v1/events/<event_id>/redeliver', redeliver_event),
     Route('GET', '/v1/health', health),
     Route('GET', '/v1/openapi.json', openapi),
 ]

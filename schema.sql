@@ -213,3 +213,65 @@ ALTER TABLE channels ADD COLUMN sessions_forgotten INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE sessions ADD COLUMN samples_compacted INTEGER NOT NULL DEFAULT 0;
 CREATE INDEX IF NOT EXISTS sessions_uncompacted ON sessions (id)
     WHERE samples_compacted = 0 AND ended_at IS NOT NULL;
+-- migration: 6
+-- Webhooks and the event log. One endpoint per client. The signing secret is kept
+-- as is (it must sign), as stream keys are: the database file is 0600.
+CREATE TABLE IF NOT EXISTS webhooks (
+    id                INTEGER PRIMARY KEY,
+    client_id         INTEGER NOT NULL UNIQUE REFERENCES clients (id) ON DELETE CASCADE,
+    url               TEXT NOT NULL,
+    events            TEXT,                -- JSON array of types; NULL: every type
+    secret            TEXT NOT NULL,
+    old_secret        TEXT,                -- signs too until old_secret_until (a rotation)
+    old_secret_until  REAL,
+    created_at        REAL NOT NULL,
+    updated_at        REAL NOT NULL
+);
+-- An event is written in the transaction of the change that causes it (the outbox);
+-- client_id owns the channel it is about. No foreign keys: the log outlives what it
+-- tells of, until [webhooks] retention_days.
+CREATE TABLE IF NOT EXISTS events (
+    id          INTEGER PRIMARY KEY,
+    public_id   TEXT NOT NULL UNIQUE,
+    client_id   INTEGER NOT NULL,
+    channel_id  TEXT,                      -- the channel's public id, if about one
+    type        TEXT NOT NULL,
+    created_at  REAL NOT NULL,
+    data        TEXT NOT NULL              -- JSON
+);
+CREATE INDEX IF NOT EXISTS events_by_client ON events (client_id, id);
+CREATE INDEX IF NOT EXISTS events_by_time ON events (created_at);
+-- One row per endpoint an event is for (its owner's, every admin's), made with it.
+CREATE TABLE IF NOT EXISTS deliveries (
+    event_id         INTEGER NOT NULL REFERENCES events (id) ON DELETE CASCADE,
+    client_id        INTEGER NOT NULL,     -- whose endpoint
+    status           TEXT NOT NULL CHECK (status IN ('pending', 'delivered', 'failed')),
+    attempts         INTEGER NOT NULL DEFAULT 0,
+    last_status      INTEGER,
+    last_error       TEXT,
+    queued_at        REAL NOT NULL,        -- retried until 24 h after this
+    next_attempt_at  REAL,
+    delivered_at     REAL,
+    PRIMARY KEY (event_id, client_id)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS deliveries_pending ON deliveries (client_id, event_id)
+    WHERE status = 'pending';
+-- The reconnect window: a session whose publisher left (left_at) stays open for the
+-- channel's window (NULL: [ingest] reconnect_window); a resume adds the gap to
+-- paused_seconds (not counted as live) and carries bytes_in over as bytes_base.
+ALTER TABLE channels ADD COLUMN reconnect_window INTEGER;
+ALTER TABLE sessions ADD COLUMN left_at REAL;
+ALTER TABLE sessions ADD COLUMN paused_seconds REAL NOT NULL DEFAULT 0;
+ALTER TABLE sessions ADD COLUMN bytes_base INTEGER NOT NULL DEFAULT 0;
+DROP TRIGGER IF EXISTS session_ended;
+CREATE TRIGGER session_ended AFTER UPDATE OF ended_at ON sessions
+WHEN OLD.ended_at IS NULL AND NEW.ended_at IS NOT NULL BEGIN
+    UPDATE channels SET live_seconds = live_seconds
+                            + (NEW.ended_at - NEW.started_at - NEW.paused_seconds),
+                        bytes_in = bytes_in + NEW.bytes_in
+     WHERE id = NEW.channel_id;
+    UPDATE clients SET live_seconds = live_seconds
+                           + (NEW.ended_at - NEW.started_at - NEW.paused_seconds),
+                       bytes_in = bytes_in + NEW.bytes_in
+     WHERE id = (SELECT client_id FROM channels WHERE id = NEW.channel_id);
+END;

@@ -98,7 +98,7 @@ def hook_form(call, live):
 
 
 ENDPOINT_NAMES = ('health', 'get_channel', 'list', 'list_uncached', 'list_q', 'channel_stats',
-                  'stats', 'create', 'hook')
+                  'stats', 'create', 'hook', 'hook_webhook')
 #: More distinct pages than the server's read cache holds (1,024 entries), requested
 #: round-robin: every request of list_uncached misses the cache.
 UNCACHED_PAGES = 1500
@@ -128,7 +128,63 @@ def endpoints(info):
         Endpoint('hook', 'POST hook update_publish', 'POST', [hook_path], 200, 0.60,
                  body=hook_form('update_publish', live),
                  ctype='application/x-www-form-urlencoded', read=False, p99_factor=2.0),
+        # The same, while the webhook worker is stuck on an endpoint that hangs, with a
+        # backlog of events for it (hanging_webhook()): it must cost the hook nothing.
+        Endpoint('hook_webhook', 'POST hook update_publish, webhook hanging', 'POST',
+                 [hook_path], 200, 0.60, body=hook_form('update_publish', live),
+                 ctype='application/x-www-form-urlencoded', read=False, p99_factor=2.0),
     ]
+
+
+#: Seconds the hanging webhook endpoint holds each delivery (the API gives up at 5).
+HANG_SECONDS = 10
+#: Events queued for it before each measurement.
+WEBHOOK_BACKLOG = 100
+
+
+class HangingEndpoint:
+    """A webhook receiver in this process that holds every POST for HANG_SECONDS."""
+
+    def __init__(self):
+        import http.server
+        import threading
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self):
+                time.sleep(HANG_SECONDS)
+                self.send_response(200)
+                self.send_header('Content-Length', '0')
+                self.end_headers()
+
+            def log_message(self, *args):
+                pass
+
+        self.httpd = http.server.ThreadingHTTPServer(('127.0.0.1', 0), Handler)
+        self.httpd.daemon_threads = True
+        self.url = 'http://127.0.0.1:%d/events' % self.httpd.server_port
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+
+_HANGING = []
+
+
+def hanging_webhook(server, info, on):
+    """Register (on) the app client's webhook at the hanging endpoint and queue
+    WEBHOOK_BACKLOG events for it (renames), or delete it (its deliveries fail)."""
+    app = basic(*info['app'])
+    if not on:
+        request(server.port, 'DELETE', '/v1/webhook', auth=app)
+        return
+    if not _HANGING:
+        _HANGING.append(HangingEndpoint())
+    answer = request(server.port, 'PUT', '/v1/webhook', json.dumps({'url': _HANGING[0].url}),
+                     'application/json', app)
+    if answer[0] not in (200, 201):
+        raise RuntimeError('PUT /v1/webhook: %r' % (answer,))
+    for n in range(WEBHOOK_BACKLOG):
+        expect('rename (an event)', request(
+            server.port, 'PATCH', '/v1/channels/%s' % info['sample_ids'][0],
+            json.dumps({'name': 'renamed %d' % n}), 'application/json', app), 200)
 
 
 # Processes ####################################################################
@@ -323,12 +379,19 @@ def measure(endpoint, server, ceiling, info, args):
     expect('%s (before measuring)' % endpoint.label, request(
         server.port, endpoint.method, endpoint.paths[0], endpoint.body, endpoint.ctype,
         endpoint.auth), endpoint.expect)
-    if endpoint.name in ('hook', 'channel_stats'):
+    if endpoint.name in ('hook', 'hook_webhook', 'channel_stats'):
         session = check_live(server, info)
-    ceiling_result = wrk(ceiling.port, endpoint, args)
-    result = wrk(server.port, endpoint, args)
+    if endpoint.name == 'hook_webhook':
+        hanging_webhook(server, info, on=True)
+    try:
+        ceiling_result = wrk(ceiling.port, endpoint, args)
+        result = wrk(server.port, endpoint, args)
+    finally:
+        if endpoint.name == 'hook_webhook':
+            hanging_webhook(server, info, on=False)
     server.alive()
-    if endpoint.name in ('hook', 'channel_stats') and check_live(server, info) != session:
+    if endpoint.name in ('hook', 'hook_webhook', 'channel_stats') and \
+            check_live(server, info) != session:
         raise RuntimeError('%s ended or replaced the live session' % endpoint.label)
     return pair(ceiling_result, result)
 
@@ -617,6 +680,11 @@ def main(argv=None):
         print('\n## At %d channels (medians of %d paired runs)\n' % (BASE['channels'],
                                                                       args.runs))
         print(table(todo, base))
+        if 'hook' in base and 'hook_webhook' in base:
+            print('\nupdate_publish with a webhook endpoint that hangs, against without: '
+                  'ratio %.2f / %.2f = %.2f (target >= 0.90)' % (
+                      base['hook_webhook']['ratio'], base['hook']['ratio'],
+                      base['hook_webhook']['ratio'] / base['hook']['ratio']))
         print('\nPeak RSS of the server: %.1f MB. Counters after the load (creates, hooks): %s'
               % (report['results']['1k_peak_rss_mb'],
                  'consistent' if not problems else '**WRONG**: ' + '; '.join(problems)),

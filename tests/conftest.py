@@ -8,6 +8,7 @@ import webtest
 
 import livestream_api
 from ingest_support import StatServer
+from webhook_support import Receiver
 
 ADMIN = ('admin-token', 'admin-secret-for-tests')
 
@@ -109,6 +110,14 @@ def stat_server():
     server = StatServer()
     yield server
     server.close()
+
+
+@pytest.fixture
+def receiver():
+    """A real webhook receiver on a loopback port (webhook_support.Receiver)."""
+    receiver = Receiver()
+    yield receiver
+    receiver.close()
 
 
 @pytest.fixture

@@ -14,7 +14,8 @@ from conftest import ADMIN
 PUBLIC_ID = re.compile(r'^[a-z2-7]{16}$')
 ISO_Z = re.compile(r'^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$')
 CHANNEL_FIELDS = {'id', 'userId', 'name', 'description', 'metadata', 'enabled', 'status',
-                  'streamUrl', 'streamId', 'playback', 'liveSince', 'createdAt', 'updatedAt'}
+                  'streamUrl', 'streamId', 'playback', 'liveSince', 'createdAt', 'updatedAt',
+                  'reconnectWindowSeconds'}
 
 
 def iso(timestamp):

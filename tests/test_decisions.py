@@ -4,8 +4,8 @@ is a plain function over one read, so every case is a row here."""
 
 import pytest
 
-from livestream_api import (decide_edit, decide_left, decide_limits, decide_publish, decide_resume,
-                            decide_update, measured_bitrate)
+from livestream_api import (decide_drop, decide_edit, decide_left, decide_limits, decide_publish,
+                            decide_resume, decide_update, edit_event, measured_bitrate)
 
 NOW = 1_800_000_000.0
 CUTOFF = NOW - 30  # stale_after: 3 update intervals of 10 s
@@ -16,7 +16,7 @@ def channel(**changes):
     """start_session's read of an enabled, idle channel whose user may have 1 live."""
     row = {'id': 1, 'user_pk': 1, 'enabled': 1, 'stream_key': KEY, 'live_session_id': None,
            'live_channels': 0, 'max_live_channels': 1, 'connection': None,
-           'last_seen_at': None, 'stale_live': 0}
+           'last_seen_at': None, 'stale_live': 0, 'left_at': None}
     row.update(changes)
     return row
 
@@ -25,6 +25,12 @@ def live_on(connection, last_seen_at, **changes):
     """The channel live from `connection`, last heard from at `last_seen_at`."""
     return channel(live_session_id=7, live_channels=1, connection=connection,
                    last_seen_at=last_seen_at, **changes)
+
+
+def left(connection, window_ends, **changes):
+    """The channel whose publisher on `connection` left 5 s ago, its reconnect window
+    ending at `window_ends` (Store.disconnect sets last_seen_at so that it goes stale then)."""
+    return live_on(connection, window_ends - 30, left_at=NOW - 5, **changes)
 
 
 #: (case, start_session's read, key, connection) -> (why refused, end_stale, take_over)
@@ -60,13 +66,42 @@ PUBLISH = [
      ('user is at maxLiveChannels (2)', False, False)),
     ('limit 1, this channel live from this connection: a takeover, not a second live',
      live_on('A', NOW - 5), KEY, 'A', (None, False, True)),
+    ('publisher left, window open, another connection: the broadcast resumes',
+     left('A', NOW + 5), KEY, 'B', (None, False, False, True)),
+    ('publisher left, window open, same connection: resumes', left('A', NOW + 5), KEY, 'A',
+     (None, False, False, True)),
+    ('publisher left, window open, at maxLiveChannels 1: its own slot', left('A', NOW + 5),
+     KEY, 'B', (None, False, False, True)),
+    ('publisher left, window open, wrong key', left('A', NOW + 5), 'x', 'B',
+     ('wrong stream key', False, False, False)),
+    ('publisher left, window open, channel disabled', left('A', NOW + 5, enabled=0), KEY, 'B',
+     ('channel is disabled', False, False, False)),
+    ('publisher left, window over: ended first, a new session',
+     left('A', NOW - 1, stale_live=1), KEY, 'B', (None, True, False, False)),
 ]
+
+
+#: (case, start_session's read, key, connection) -> the publish.refused reason
+REFUSALS = [
+    ('no such channel: no event', None, KEY, 'A', None),
+    ('wrong key', channel(), 'x' * 40, 'A', 'wrong_key'),
+    ('disabled', channel(enabled=0), KEY, 'A', 'channel_disabled'),
+    ('live elsewhere', live_on('B', NOW - 5), KEY, 'A', 'already_live'),
+    ('at maxLiveChannels', channel(live_channels=1), KEY, 'A', 'max_live_channels'),
+    ('allowed', channel(), KEY, 'A', None),
+]
+
+
+@pytest.mark.parametrize('row, key, connection, expected', [case[1:] for case in REFUSALS],
+                         ids=[case[0] for case in REFUSALS])
+def test_publish_refusal_reason(row, key, connection, expected):
+    assert decide_publish(row, key, connection, CUTOFF).refusal == expected
 
 
 @pytest.mark.parametrize('row, key, connection, expected',
                          [case[1:] for case in PUBLISH], ids=[case[0] for case in PUBLISH])
 def test_decide_publish(row, key, connection, expected):
-    assert tuple(decide_publish(row, key, connection, CUTOFF)) == expected
+    assert tuple(decide_publish(row, key, connection, CUTOFF))[:len(expected)] == expected
 
 
 def ingest_row(**changes):
@@ -74,7 +109,8 @@ def ingest_row(**changes):
     row = {'id': 1, 'live_session_id': 7, 'session_id': 'sessionpublicid1',
            'connection': 'A', 'started_at': NOW - 60, 'last_seen_at': NOW - 10,
            'bytes_in': 10 ** 6, 'sampled_at': NOW - 10, 'max_bitrate_kbps': 2500,
-           'max_session_seconds': 3600}
+           'max_session_seconds': 3600, 'left_at': None, 'paused_seconds': 0.0,
+           'reconnect_window': None}
     row.update(changes)
     return row
 
@@ -88,7 +124,26 @@ UPDATE = [
     ('channel deleted', None, 'A', ('refuse', 'channel was deleted')),
     ('channel idle', ingest_row(**IDLE), 'A', ('orphan', None)),
     ("another connection's session", ingest_row(connection='B'), 'A', ('orphan', None)),
+    ('its session, but it left (reconnect window): a late word', ingest_row(left_at=NOW - 5),
+     'A', ('refuse', 'publisher left')),
+    ("a session left by another connection: resumes through a publish",
+     ingest_row(connection='B', left_at=NOW - 5), 'A', ('orphan', None)),
 ]
+
+
+#: (case, the channel's reconnectWindowSeconds, [ingest] reconnect_window) -> seconds open
+DROPS = [
+    ('both off', None, 0, 0),
+    ('the config default', None, 20, 20),
+    ('the channel over the default', 60, 20, 60),
+    ("the channel's 0 turns it off", 0, 20, 0),
+]
+
+
+@pytest.mark.parametrize('window, default, expected', [case[1:] for case in DROPS],
+                         ids=[case[0] for case in DROPS])
+def test_decide_drop(window, default, expected):
+    assert decide_drop(ingest_row(reconnect_window=window), default) == expected
 
 
 @pytest.mark.parametrize('row, connection, expected', [case[1:] for case in UPDATE],
@@ -148,6 +203,10 @@ LIMITS = [
      10 ** 6, None),
     ('limit 0 bitrate, nothing measured', ingest_row(max_bitrate_kbps=0), 60, None, None),
     ('limit 0 bitrate, any measured', ingest_row(max_bitrate_kbps=0), 60, 0.1, 'max_bitrate'),
+    ('duration over only with the reconnect gap: the gap is not counted',
+     ingest_row(paused_seconds=10.0), 3605, 2000.0, None),
+    ('duration over without the gap', ingest_row(paused_seconds=10.0), 3611, 2000.0,
+     'max_session_seconds'),
 ]
 
 
@@ -195,3 +254,22 @@ EDITS = [
                          ids=[case[0] for case in EDITS])
 def test_decide_edit(fields, expected):
     assert decide_edit(fields) == expected
+
+
+#: (case, the fields written, whether the channel was enabled) -> the event
+EDIT_EVENTS = [
+    ('rename', {'name': 'x'}, True, 'channel.updated'),
+    ('enable an enabled channel: an update', {'enabled': True, 'name': 'x'}, True,
+     'channel.updated'),
+    ('disable', {'enabled': False, 'name': 'x'}, True, 'channel.disabled'),
+    ('enable', {'enabled': True}, False, 'channel.enabled'),
+    ('PUT on a disabled channel leaving it disabled', {'enabled': False, 'name': 'x'}, False,
+     'channel.updated'),
+    ('new key', {'stream_key': KEY}, True, 'channel.key_rotated'),
+]
+
+
+@pytest.mark.parametrize('fields, was_enabled, expected', [case[1:] for case in EDIT_EVENTS],
+                         ids=[case[0] for case in EDIT_EVENTS])
+def test_edit_event(fields, was_enabled, expected):
+    assert edit_event(fields, was_enabled) == expected
