@@ -4220,9 +4220,11 @@ def _sweeping(handler):
     return sweeping
 
 
-def create_app(config=None, clock=time.time):
+def create_app(config=None, clock=time.time, background=False):
     """A ready WSGI app on config's database (migrated, bootstrap admin in place).
-    Build as many as you like: nothing is shared between them."""
+    Build as many as you like: nothing is shared between them. With `background`,
+    its workers (webhook delivery, purges, kicks, HLS viewers) run as under serve,
+    until app.livestream.stop(); without, tests drive them by direct calls."""
     config = config or load_config(environ={})
     app = bottle.Bottle()
     app.livestream = svc = Service(config, clock)
@@ -4238,6 +4240,8 @@ def create_app(config=None, clock=time.time):
     for kind in svc.nodes:  # POST /v1/hooks/nginx-rtmp, and one for each other kind
         app.route('/v1/hooks/%s' % kind, 'POST', functools.partial(ingest_hook, kind))
     app.default_error_handler = error_body
+    if background:
+        svc.start()
     return app
 
 

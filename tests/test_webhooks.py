@@ -13,6 +13,7 @@ import time
 import urllib.parse
 
 import pytest
+import webtest
 
 import livestream_api
 from ingest_support import make_channel, publish, publish_done, stream_args, update
@@ -581,3 +582,21 @@ def test_two_processes_on_one_database_send_each_event_once(make_app, new_client
         receiver.release()
         for app in (first, second):
             app.livestream.deliverer.stop()
+
+
+def test_an_app_built_with_background_delivers_without_being_driven(tmp_path, receiver):
+    config = livestream_api.load_config(environ={}, overrides={
+        'database': {'path': str(tmp_path / 'embedded.db')}})
+    app = livestream_api.create_app(config, background=True)  # as the README shows
+    try:
+        livestream_api.bootstrap_admin(app, {'LIVE_TOKEN_ID': 'embedder',
+                                             'LIVE_TOKEN_SECRET': 'embedder-secret-0123456789'})
+        api = webtest.TestApp(app)
+        api.authorization = ('Basic', ('embedder', 'embedder-secret-0123456789'))
+        api.put_json('/v1/webhook', {'url': receiver.url}, status=201)
+        api.post('/v1/webhook/test', status=202)
+        [event] = receiver.wait_for(1, timeout=10)  # nobody called the deliverer
+        assert event['type'] == 'webhook.test'
+    finally:
+        app.livestream.stop()
+    assert not app.livestream.deliverer._thread.is_alive()
