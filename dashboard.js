@@ -33,6 +33,8 @@ async function api(path, method) {
   if (!auth) throw new ApiError(401, null);
   let answer;
   try {
+    // no-store: answers carry stream keys. omit: the browser adds no credentials
+    // of its own, and so never opens its login prompt on a 401.
     answer = await fetch('v1/' + path, {
       method: method || 'GET', cache: 'no-store', credentials: 'omit',
       headers: {'Authorization': 'Basic ' + auth, 'Accept': 'application/json'}});

@@ -2829,7 +2829,8 @@ def health():
 #: The page's files (package data beside schema.sql), by name, with their types.
 DASHBOARD_FILES = {'dashboard.html': 'text/html; charset=utf-8',
                    'dashboard.css': 'text/css; charset=utf-8',
-                   'dashboard.js': 'text/javascript; charset=utf-8'}
+                   'dashboard.js': 'text/javascript; charset=utf-8',
+                   'dashboard.svg': 'image/svg+xml'}  # its icon (else /favicon.ico: a 401)
 
 #: On the page and its files: only this server's own files run (no inline script
 #: or style: a value shown as HTML could not run), in no one's frame, and no cache

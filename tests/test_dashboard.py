@@ -33,10 +33,11 @@ def test_dashboard_is_public_html_with_its_files(client):
     assert '<link rel="stylesheet" href="dashboard/dashboard.css">' in page.text
     assert client.get('/dashboard/dashboard.js', status=200).content_type == 'text/javascript'
     assert client.get('/dashboard/dashboard.css', status=200).content_type == 'text/css'
+    assert client.get('/dashboard/dashboard.svg', status=200).content_type == 'image/svg+xml'
 
 
 @pytest.mark.parametrize('path', ['/dashboard', '/dashboard/dashboard.js',
-                                  '/dashboard/dashboard.css'])
+                                  '/dashboard/dashboard.css', '/dashboard/dashboard.svg'])
 def test_page_and_files_forbid_inline_code_framing_and_caching(client, path):
     headers = client.get(path, status=200).headers
     assert headers['Content-Security-Policy'].startswith("default-src 'self';")

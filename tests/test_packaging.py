@@ -113,7 +113,7 @@ def test_wheel_serves_health_and_the_dashboard_then_stops_on_sigterm(venv, elsew
                                      'db': 'ok'}
         assert db.exists()
         assert os.listdir(elsewhere) == []
-        for name in ('dashboard.html', 'dashboard.css', 'dashboard.js'):  # package data
+        for name in livestream_api.DASHBOARD_FILES:  # package data
             with urllib.request.urlopen('http://127.0.0.1:%d/dashboard/%s' % (port, name),
                                         timeout=5) as response:
                 assert response.status == 200 and response.read() == (REPO / name).read_bytes()
