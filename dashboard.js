@@ -370,7 +370,9 @@ async function showEvents() {
       td([state.lastStatus, state.lastError].filter(part => part !== null && part !== undefined).join(' ') || '–'),
       td(when(state.nextAttemptAt)), el('td', {}, state.status === 'none' ? null : button));
   }), 'No events yet.');
-  $('events-note').textContent = failed.items.length + ' failed deliveries shown first, then the latest events.';
+  const count = failed.items.length;
+  $('events-note').textContent = (count ? count + ' failed deliver' + (count === 1 ? 'y' : 'ies') + ' first, then '
+                                  : 'No failed delivery; ') + 'the latest events.';
 }
 
 async function redeliver(eventId, button) {

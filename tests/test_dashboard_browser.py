@@ -265,3 +265,85 @@ def test_an_admin_sees_every_client_nodes_and_clients(browser, stack, world, tmp
     assert world.studio.token_id in clients and world.other.token_id in clients
     screenshot(browser, tmp_path / 'clients.png')
     assert policy_violations(browser) == []
+
+
+# The views of endpoints other branches bring (GET /v1/ingest, GET /v1/events), on
+# answers shaped as documented, from a stand-in in front of the app ----------------
+
+NODES = [{'name': 'edge-1', 'kind': 'nginx-rtmp', 'rtmpUrl': 'rtmp://edge-1:1935/live',
+          'hlsUrl': 'http://edge-1/hls', 'accepting': False, 'reachable': True,
+          'liveStreams': 3, 'bitrateKbpsIn': 9000.5, 'viewers': 42},
+         {'name': XSS_NAME, 'kind': 'srs', 'rtmpUrl': 'rtmp://edge-2:1935/live',
+          'hlsUrl': 'http://edge-2/hls', 'accepting': True, 'reachable': False,
+          'liveStreams': 0, 'bitrateKbpsIn': 0, 'viewers': 0}]
+
+
+def event(event_id, status, lastError=None):
+    return {'id': event_id, 'type': 'channel.live', 'createdAt': '2026-12-01T00:00:00Z',
+            'data': {'channel': {'id': 'chan1', 'name': XSS_NAME}, 'session': {}},
+            'delivery': {'status': status, 'attempts': 3, 'lastStatus': 500,
+                         'lastError': lastError, 'nextAttemptAt': None, 'deliveredAt': None}}
+
+
+EVENTS = [event('ev-delivered', 'delivered'), event('ev-failed', 'failed', 'HTTP 500')]
+
+
+class DocumentedEndpoints:
+    """The app, with GET /v1/ingest, GET /v1/events and POST .../redeliver answered
+    as documented (authenticated by the app first); `redelivered` records the POSTs."""
+
+    def __init__(self, app):
+        self.app, self.redelivered = app, []
+
+    def __call__(self, environ, start_response):
+        import json
+        path, query = environ['PATH_INFO'], environ.get('QUERY_STRING', '')
+        if path == '/v1/ingest':
+            data = NODES
+        elif path == '/v1/events':
+            items = [item for item in EVENTS if 'status=failed' not in query
+                     or item['delivery']['status'] == 'failed']
+            data = {'items': items, 'total': len(items), 'nextCursor': None}
+        elif path.startswith('/v1/events/') and path.endswith('/redeliver'):
+            self.redelivered.append((environ['REQUEST_METHOD'], path))
+            data = None
+        else:
+            return self.app(environ, start_response)
+        body = json.dumps({'ec': 0, 'data': data}).encode()
+        start_response('202 Accepted' if data is None else '200 OK',
+                       [('Content-Type', 'application/json')])
+        return [body]
+
+
+def test_nodes_and_events_views_read_the_documented_shapes(browser, make_app, tmp_path):
+    from conftest import ADMIN
+    from server_support import serving
+    endpoints = DocumentedEndpoints(make_app()[1])
+    with serving(endpoints) as port:
+        base = SimpleNamespace(api=SimpleNamespace(base_url='http://127.0.0.1:%s' % port))
+        sign_in(browser, base, *ADMIN)
+        show(browser, base, 'nodes')
+        nodes = wait_page(browser, """return document.getElementById('nodes-note').textContent
+            && [...document.querySelectorAll('#nodes-table tbody tr')].map(tr =>
+               [...tr.cells].map(td => td.textContent));""", VIEW_SECONDS, 'the nodes')
+        assert nodes == [['edge-1', 'nginx-rtmp', 'yes', 'draining', '3', '9.00 Mb/s', '42',
+                          'rtmp://edge-1:1935/live'],
+                         [XSS_NAME, 'srs', 'no', 'accepting', '0', '0 kb/s', '0',
+                          'rtmp://edge-2:1935/live']]
+        screenshot(browser, tmp_path / 'nodes.png')
+        show(browser, base, 'events')
+        events = wait_page(browser, """return document.getElementById('events-note').textContent
+            && [...document.querySelectorAll('#events-table tbody tr')].map(tr =>
+               [tr.dataset.eventId, tr.cells[2].textContent, tr.cells[3].textContent]);""",
+                           VIEW_SECONDS, 'the events')
+        assert events == [['ev-failed', XSS_NAME, 'failed'],  # failed first
+                          ['ev-delivered', XSS_NAME, 'delivered']]
+        screenshot(browser, tmp_path / 'events.png')
+        page(browser, """document.querySelector('tr[data-event-id="ev-failed"] button.redeliver')
+            .click();""")
+        wait_page(browser, """return document.querySelector(
+            'tr[data-event-id="ev-failed"] button.redeliver').textContent === 'Queued'""",
+                  VIEW_SECONDS, 'the redelivery to be queued')
+        assert endpoints.redelivered == [('POST', '/v1/events/ev-failed/redeliver')]
+        assert page(browser, "return document.querySelectorAll('img').length") == 0
+        assert policy_violations(browser) == []
