@@ -156,7 +156,9 @@ function limitText(used, limit) {
 // Views ---------------------------------------------------------------------------
 
 async function showLive() {
-  const [stats, live] = await Promise.all([api('stats'), all('channels?status=live', 1000)]);
+  // A call per live channel every 5 s: fine for a small deployment, capped for a big one.
+  const [stats, page] = await Promise.all([api('stats'), api('channels?status=live&limit=100')]);
+  const live = page.items;
   const figures = await Promise.all(live.map(channel =>
     api('channels/' + encodeURIComponent(channel.id) + '/stats').catch(() => null)));
   $('total-live').textContent = stats.liveChannels;
@@ -178,8 +180,9 @@ async function showLive() {
       td(video(current.video)),
       td(audio(current.audio)));
   }), 'No channel is live.');
-  $('live-note').textContent = 'Refreshed every ' + REFRESH_MS / 1000 + ' s; last at ' +
-    new Date().toLocaleTimeString() + '.';
+  $('live-note').textContent = (page.total > live.length ? 'The newest ' + live.length + ' of ' +
+    page.total + ' live channels. ' : '') + 'Refreshed every ' + REFRESH_MS / 1000 +
+    ' s; last at ' + new Date().toLocaleTimeString() + '.';
 }
 
 async function showChannels(more) {
@@ -210,6 +213,10 @@ function streamKeyField(streamId) {
 
 async function showChannel(channelId, sessionId, refresh) {
   const path = 'channels/' + encodeURIComponent(channelId);
+  if (!refresh) {  // not the previous channel's while this one loads
+    for (const id of ['channel-name', 'channel-fields', 'chart']) $(id).replaceChildren();
+    rows('sessions-table', []);
+  }
   const [channel, stats, sessions] = await Promise.all(
     [api(path), api(path + '/stats'), api(path + '/sessions?limit=50')]);
   $('channel-name').textContent = channel.name;

@@ -2848,12 +2848,14 @@ def _dashboard_file(name):
 
 def to_dashboard():
     """GET /: the operator's page (relative, so it also works under a proxy's prefix)."""
+    query(())
     raise bottle.HTTPResponse(status=302, Location='dashboard')
 
 
 def dashboard(name='dashboard.html'):
     """GET /dashboard and GET /dashboard/<name>: the page and its files, by name
     from DASHBOARD_FILES only (anything else is a 404, never a path on disk)."""
+    query(())
     if name not in DASHBOARD_FILES:
         raise not_found('dashboard file')
     for header, value in DASHBOARD_HEADERS.items():

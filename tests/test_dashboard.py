@@ -82,6 +82,11 @@ def test_an_unknown_dashboard_file_is_a_404_envelope(client):
                            'msg': 'dashboard file not found', 'data': None}
 
 
+@pytest.mark.parametrize('path', ['/?x=1', '/dashboard?token=x', '/dashboard/dashboard.js?v=2'])
+def test_the_dashboard_takes_no_query_parameters_as_every_route(client, path):
+    assert client.get(path, status=400).json['ec'] == livestream_api.EC_BAD_REQUEST
+
+
 def test_the_dashboard_takes_no_writes(client):
     answer = client.post('/dashboard', status=405)
     assert answer.json['ec'] == livestream_api.EC_METHOD
