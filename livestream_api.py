@@ -1719,8 +1719,9 @@ _NO_SUCH_SECRET = hash_secret(secrets.token_hex(32))
 #: for our token ids and secrets is under 200 bytes.
 MAX_AUTHORIZATION_BYTES = 4096
 
-#: Paths that need no API token (the hooks carry their own secret).
-PUBLIC_PATHS = re.compile(r'^/v1/(health|openapi\.json|hooks/.*)$')
+#: Paths that need no API token (the hooks carry their own secret; the dashboard's
+#: page and files hold no data: it calls the API with the token typed into it).
+PUBLIC_PATHS = re.compile(r'^/v1/(health|openapi\.json|hooks/.*)$|^/(dashboard(/[^/]*)?)?$')
 
 
 def client_addr(environ, trusted_proxies):
@@ -3126,6 +3127,46 @@ def health():
     return envelope({'status': 'ok', 'version': __version__, 'db': 'ok'})
 
 
+# Dashboard: the operator's page ###############################################
+
+#: The page's files (package data beside schema.sql), by name, with their types.
+DASHBOARD_FILES = {'dashboard.html': 'text/html; charset=utf-8',
+                   'dashboard.css': 'text/css; charset=utf-8',
+                   'dashboard.js': 'text/javascript; charset=utf-8',
+                   'dashboard.svg': 'image/svg+xml'}  # its icon (else /favicon.ico: a 401)
+
+#: On the page and its files: only this server's own files run (no inline script
+#: or style: a value shown as HTML could not run), in no one's frame, and no cache
+#: keeps them (the page is where a token secret is typed).
+DASHBOARD_HEADERS = {'Content-Security-Policy': "default-src 'self'; frame-ancestors 'none'; "
+                                                "form-action 'none'; base-uri 'none'",
+                     'X-Frame-Options': 'DENY', 'Cache-Control': 'no-store',
+                     'X-Content-Type-Options': 'nosniff', 'Referrer-Policy': 'no-referrer'}
+
+
+@functools.lru_cache(maxsize=None)
+def _dashboard_file(name):
+    return _data_path(name).read_bytes()
+
+
+def to_dashboard():
+    """GET /: the operator's page (relative, so it also works under a proxy's prefix)."""
+    query(())
+    raise bottle.HTTPResponse(status=302, Location='dashboard')
+
+
+def dashboard(name='dashboard.html'):
+    """GET /dashboard and GET /dashboard/<name>: the page and its files, by name
+    from DASHBOARD_FILES only (anything else is a 404, never a path on disk)."""
+    query(())
+    if name not in DASHBOARD_FILES:
+        raise not_found('dashboard file')
+    for header, value in DASHBOARD_HEADERS.items():
+        bottle.response.set_header(header, value)
+    bottle.response.content_type = DASHBOARD_FILES[name]
+    return _dashboard_file(name)
+
+
 ###############################################################################
 # Ingest hooks #################################################################
 ###############################################################################
@@ -4174,9 +4215,12 @@ def openapi():
 Route = collections.namedtuple('Route', 'method path handler admin sweeps',
                                defaults=(False, False))
 
-#: The whole HTTP surface, in API.md's order, but for the ingest hooks: one
-#: POST /v1/hooks/<kind> per ingest kind (create_app).
+#: The whole HTTP surface: the dashboard's page, then the JSON API in API.md's order,
+#: but for the ingest hooks: one POST /v1/hooks/<kind> per ingest kind (create_app).
 ROUTES = [
+    Route('GET', '/', to_dashboard),
+    Route('GET', '/dashboard', dashboard),
+    Route('GET', '/dashboard/<name>', dashboard),
     Route('POST', '/v1/clients', create_client, admin=True),
     Route('GET', '/v1/clients', list_clients, admin=True),
     Route('POST', '/v1/clients/<client_id>/rotate', rotate_client, admin=True),

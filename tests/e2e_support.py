@@ -36,12 +36,13 @@ def missing_requirements():
     return missing
 
 
-def skip_or_fail_if_missing():
-    """Skip the test where this machine lacks what it needs; fail when LIVESTREAM_E2E=1."""
+def skip_or_fail_if_missing(missing=None, what='end-to-end tests'):
+    """Skip the test where this machine lacks what it needs (missing_requirements(),
+    or the `missing` given); fail when LIVESTREAM_E2E=1."""
     import pytest
-    missing = missing_requirements()
+    missing = missing_requirements() if missing is None else missing
     if missing:
-        reason = 'end-to-end tests need ' + ', '.join(missing)
+        reason = '%s need %s' % (what, ', '.join(missing))
         if os.environ.get('LIVESTREAM_E2E') == '1':
             pytest.fail(reason + ' (required because LIVESTREAM_E2E=1)', pytrace=False)
         pytest.skip(reason)

@@ -85,7 +85,7 @@ def test_wheel_does_not_import_from_the_checkout(venv, elsewhere):
     assert str(REPO) not in result.stdout
 
 
-def test_wheel_serves_health_and_stops_cleanly_on_sigterm(venv, elsewhere, tmp_path):
+def test_wheel_serves_health_and_the_dashboard_then_stops_on_sigterm(venv, elsewhere, tmp_path):
     port = free_port()
     db = tmp_path / 'x.db'
     log = open(tmp_path / 'serve.log', 'w+')
@@ -113,6 +113,10 @@ def test_wheel_serves_health_and_stops_cleanly_on_sigterm(venv, elsewhere, tmp_p
                                      'db': 'ok'}
         assert db.exists()
         assert os.listdir(elsewhere) == []
+        for name in livestream_api.DASHBOARD_FILES:  # package data
+            with urllib.request.urlopen('http://127.0.0.1:%d/dashboard/%s' % (port, name),
+                                        timeout=5) as response:
+                assert response.status == 200 and response.read() == (REPO / name).read_bytes()
         server.send_signal(signal.SIGTERM)
         assert server.wait(timeout=10) == 0
     finally:
