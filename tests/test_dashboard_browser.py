@@ -237,11 +237,15 @@ def test_users_and_events_views(browser, stack, world, tmp_path):
     assert 'at a limit' in state and '2 / 2' in state and '1 / 1' in state
     screenshot(browser, tmp_path / 'users.png')
     show(browser, stack, 'events')
-    # Events exist where the server has them; a server without says so, plainly.
-    shown = wait_page(browser, """const note = document.getElementById('events-note').textContent;
-        return note && [note, document.querySelectorAll('#events-table tr[data-event-id]').length];""",
-                      VIEW_SECONDS, 'the events view')
-    assert shown[0].endswith('not available on this server.') or shown[1] > 0, shown
+    # The server's own event log, as this client's: its channels made and gone live,
+    # none of the other client's (nothing was registered to deliver them: "none").
+    events = wait_page(browser, """return document.getElementById('events-note').textContent
+        && [...document.querySelectorAll('#events-table tbody tr')].map(tr =>
+           [tr.cells[1].textContent, tr.cells[2].textContent, tr.cells[3].textContent]);""",
+                       VIEW_SECONDS, 'the events view')
+    assert ['channel.live', 'Cooking with Alice', 'none'] in events, events
+    assert ['channel.created', XSS_NAME, 'none'] in events, events
+    assert not [row for row in events if "Bob's garage" in row], events
     screenshot(browser, tmp_path / 'events.png')
 
 
