@@ -36,10 +36,11 @@ def missing_requirements():
     return missing
 
 
-def skip_or_fail_if_missing():
-    """Skip the test where this machine lacks what it needs; fail when LIVESTREAM_E2E=1."""
+def skip_or_fail_if_missing(missing=None):
+    """Skip the test where this machine lacks what it needs (`missing`, default
+    missing_requirements()); fail when LIVESTREAM_E2E=1."""
     import pytest
-    missing = missing_requirements()
+    missing = missing_requirements() if missing is None else missing
     if missing:
         reason = 'end-to-end tests need ' + ', '.join(missing)
         if os.environ.get('LIVESTREAM_E2E') == '1':
@@ -217,15 +218,19 @@ class Stack:
 
     # nginx -------------------------------------------------------------------
 
-    def write_nginx_conf(self):
+    def generate(self, command, *args):
+        """What `livestream-api <command> ... --db <the stack's>` prints (a config)."""
         generated = subprocess.run(
-            [sys.executable, '-m', 'livestream_api', 'nginx-conf',
-             '--rtmp-port', str(self.rtmp_port), '--http-port', str(self.http_port),
-             '--prefix', str(self.prefix), '--db', str(self.db)],
+            [sys.executable, '-m', 'livestream_api', command, *args, '--db', str(self.db)],
             cwd=str(ROOT), env=self.env, stdin=subprocess.DEVNULL, capture_output=True,
             text=True, timeout=60)
         assert generated.returncode == 0, generated.stderr
-        (self.prefix / 'nginx.conf').write_text(generated.stdout)
+        return generated.stdout
+
+    def write_nginx_conf(self):
+        (self.prefix / 'nginx.conf').write_text(self.generate(
+            'nginx-conf', '--rtmp-port', str(self.rtmp_port), '--http-port',
+            str(self.http_port), '--prefix', str(self.prefix)))
 
     def start_nginx(self):
         with open(self.nginx_log, 'ab') as log:

@@ -360,3 +360,24 @@ def test_kind_srs_needs_an_api_url():
 def test_an_unknown_kind_is_a_config_error():
     with pytest.raises(livestream_api.ConfigError, match='nginx-rtmp, srs'):
         livestream_api.load_config(environ={'LIVESTREAM_INGEST_KIND': 'red5'})
+
+
+def test_srs_conf_wires_hooks_api_hls_and_log_level(tmp_path, capsys):
+    database = str(tmp_path / 'live.db')
+    assert livestream_api.main(['init-db', '--db', database], environ={}) == 0
+    capsys.readouterr()
+    assert livestream_api.main(['srs-conf', '--db', database, '--node', 'edge1',
+                                '--rtmp-port', '1936', '--http-port', '8090',
+                                '--api-port', '1986', '--prefix', str(tmp_path / 'srs')],
+                               environ={}) == 0
+    conf = capsys.readouterr().out
+    secret = livestream_api.create_app(livestream_api.load_config(
+        environ={}, overrides={'database': {'path': database}})).livestream.hook_secret
+    lines = {line.strip() for line in conf.splitlines()}
+    assert {'daemon off;', 'listen 1936;', 'listen 127.0.0.1:1986;', 'listen 8090;',
+            'srs_log_level_v2 warn;', 'hls_m3u8_file [app]/[stream].m3u8;',
+            'hls_ts_file [app]/[stream]-[seq].ts;',
+            'srs_log_file %s/srs.log;' % (tmp_path / 'srs')} <= lines
+    hook = 'http://127.0.0.1:8081/v1/hooks/srs?secret=%s&node=edge1;' % secret
+    assert {'%s %s' % (action, hook) for action in (
+        'on_publish', 'on_unpublish', 'on_play', 'on_stop')} <= lines
