@@ -1041,7 +1041,8 @@ class Store:
         """What the hooks need to know of a stream, in one read: the channel, its
         user's limits and its open session (the session columns NULL when idle)."""
         return self._cached_row(
-            'SELECT c.id, c.enabled, c.live_session_id, u.max_bitrate_kbps, u.max_session_seconds, '
+            'SELECT c.id, c.enabled, c.live_session_id, u.max_bitrate_kbps, '
+            'u.max_session_seconds, '
             's.public_id AS session_id, s.ingest_client AS connection, s.started_at, '
             's.last_seen_at, s.bytes_in, s.sampled_at FROM channels c '
             + _LIVE_OWNERS + 'LEFT JOIN sessions s ON s.id = c.live_session_id '
@@ -1916,8 +1917,8 @@ def hook_url(config, kind, hook_secret, node=None, hook=None):
     query = {'secret': hook_secret}
     if node:
         query['node'] = node
-    return 'http://%s/v1/hooks/%s%s?%s' % (_host_port(host, port), kind,
-                                          '/' + hook if hook else '', urllib.parse.urlencode(query))
+    return 'http://%s/v1/hooks/%s%s?%s' % (_host_port(host, port), kind, '/' + hook if hook
+                                          else '', urllib.parse.urlencode(query))
 
 
 def _number(element, path, kind=int):
@@ -2239,7 +2240,8 @@ class MediaMtx(IngestNode):
                            key)
 
     def unavailable(self, request):
-        """runOnUnavailable's call: the path's stream ended (form: path, source_type, source_id)."""
+        """runOnUnavailable's call: a path's stream ended (form: path, source_type,
+        source_id)."""
         content_type = request.content_type.split(';')[0].strip().lower()
         if content_type != 'application/x-www-form-urlencoded':
             raise bad_request('hook body must be form data, not %r' % content_type)
@@ -4633,7 +4635,8 @@ def _parser():
                          help='write to FILE, mode 0600 (it holds the hook secret), not stdout')
     written.add_argument('--rtmp-port', type=_cli_port, default=1935)
     named = argparse.ArgumentParser(add_help=False)
-    named.add_argument('--node', metavar='NAME', help='its [ingest.NAME] name, sent with its hooks')
+    named.add_argument('--node', metavar='NAME',
+                       help='its [ingest.NAME] name, sent with its hooks')
     conf = commands.add_parser('nginx-conf', parents=[common, written],
                                help='print an nginx.conf wired to this API')
     conf.add_argument('--http-port', type=_cli_port, default=8088)
