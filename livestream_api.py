@@ -2488,9 +2488,13 @@ class Poller:
             if self._snapshot is not None and not self._snapshot['reachable']:
                 log.info('ingest %s reachable again at %s', self.node.kind, self.url)
         now = self.clock() if now is None else now
-        self._snapshot = {'url': self.url, 'reachable': reachable, 'streams': streams,
-                          'at': now}
-        self.svc.observe(self.node.kind, self._snapshot, now)
+        snapshot = {'url': self.url, 'reachable': reachable, 'streams': streams, 'at': now}
+        # The rates measured where the node gives none (MediaMTX), or none yet (SRS's
+        # first 30 s), so that the node's statistics show them too.
+        measured_rates = self.svc.observe(self.node.kind, snapshot, now)
+        self._snapshot = dict(snapshot, streams={
+            name: dict(metrics, bitrateKbps=measured_rates.get(name, metrics['bitrateKbps']))
+            for name, metrics in streams.items()})
         return self._snapshot
 
     def start(self):
@@ -2827,12 +2831,17 @@ class Service:
     def observe(self, node, snapshot, now):
         """A fresh poll of ingest node `node` (its name): refresh the live sessions it
         lists, and end and kick those that may no longer be on air, as an update hook
-        does on a node that asks. An unreachable node refreshes none: they go stale."""
+        does on a node that asks. An unreachable node refreshes none: they go stale.
+        Returns {stream name: its measured bitrate} for the sessions refreshed."""
         if not snapshot['reachable']:
-            return
+            return {}
+        bitrates = {}
         for name, metrics in snapshot['streams'].items():
             if PUBLIC_ID.match(name):
-                self._observe_stream(node, name, metrics, now)
+                bitrate = self._observe_stream(node, name, metrics, now)
+                if bitrate is not None:
+                    bitrates[name] = bitrate
+        return bitrates
 
     def _observe_stream(self, node, name, metrics, now):
         live = self.store.ingest_channel(name)
@@ -2844,12 +2853,12 @@ class Service:
             last = self.store.last_session_of(live['id'], connection)
             why, session_id = decide_unasked(last), last and last['public_id']
             if why is None:
-                return
+                return None
         if action != 'keep':
             log.warning('%s: kicking the publisher of channel %s: %s', node, name, why)
             self.kick([{'channel_id': name, 'session_id': session_id or '-',
                         'connection': connection}])
-            return
+            return None
         figures = measured(self, name, metrics, live, now)
         self.store.record_sample(live['live_session_id'], now, figures)
         over = decide_limits(live, now, figures['bitrateKbps'])
@@ -2858,6 +2867,7 @@ class Service:
             log.warning('%s: channel %s passed %s: kicking its publisher', node, name, over)
             self.kick([{'channel_id': name, 'session_id': session_id,
                         'connection': connection}])
+        return figures['bitrateKbps']
 
     @property
     def default_limits(self):

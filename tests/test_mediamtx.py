@@ -203,6 +203,9 @@ def test_the_poll_reads_both_generations_and_measures_the_bitrate(
     app.livestream.poller.run_once()
     current = admin.get('/v1/channels/%s/stats' % channel['id']).json['data']['current']
     assert current['bitrateKbps'] == 2000  # the growth since the last poll
+    ingest = admin.get('/v1/stats').json['data']['system']['ingest']
+    assert ingest == [{'url': mediamtx.url, 'reachable': True, 'streams': 1,
+                       'bitrateKbpsIn': 2000}]
 
 
 def test_a_path_not_available_is_not_live(app, mediamtx):
