@@ -164,6 +164,13 @@ def _hook_secret(text):
     return text
 
 
+def _ingest_kind(text):
+    text = text.strip()
+    if text not in INGEST_KINDS:
+        raise ValueError('must be one of %s' % ', '.join(sorted(INGEST_KINDS)))
+    return text
+
+
 def _url(text):
     text = text.strip()
     if text and not re.match(r'^[a-z][a-z0-9+.-]*://[^\s/]+', text):
@@ -203,10 +210,12 @@ CONFIG_KEYS = {
         'replicated': (_boolean, 'false'),
     },
     'ingest': {
+        'kind': (_ingest_kind, 'nginx-rtmp'),
         'rtmp_url': (_url, 'rtmp://127.0.0.1:1935/live'),
         'hls_url': (_url, 'http://127.0.0.1:8088/hls'),
         'stat_url': (_url, 'http://127.0.0.1:8088/stat'),
         'control_url': (_url, 'http://127.0.0.1:8088/control'),
+        'api_url': (_url, ''),
         'hook_secret': (_hook_secret, ''),
         'update_interval': (_positive_int, '10'),
         'sample_retention_days': (_positive_int, '30'),
@@ -287,6 +296,9 @@ def load_config(path=None, environ=None, overrides=None):
                 value = '(not shown)' if key.endswith('secret') else repr(raw[section][key])
                 raise ConfigError('%s = %s: %s' % (
                     variables.get((section, key), '[%s] %s' % (section, key)), value, error))
+    if INGEST_KINDS[config['ingest']['kind']].polled and not config['ingest']['api_url']:
+        raise ConfigError('[ingest] kind = %s needs api_url: the API polls its streams and '
+                          'kicks its publishers there' % config['ingest']['kind'])
     return config
 
 
@@ -1101,7 +1113,7 @@ class Store:
         """What the hooks need to know of a stream, in one read: the channel, its
         user's limits and its open session (the session columns NULL when idle)."""
         return self._cached_row(
-            'SELECT c.id, c.live_session_id, c.reconnect_window, u.max_bitrate_kbps, '
+            'SELECT c.id, c.enabled, c.live_session_id, c.reconnect_window, u.max_bitrate_kbps, '
             'u.max_session_seconds, s.public_id AS session_id, s.ingest_client AS connection, '
             's.started_at, s.last_seen_at, s.bytes_in, s.sampled_at, s.left_at, '
             's.bytes_base, s.paused_seconds FROM channels c '
@@ -2111,6 +2123,13 @@ class IngestNode:
     """One kind of ingest server, as the API sees it; a subclass per kind says how."""
 
     kind = None
+    #: Whether the node never re-asks the API while a stream is live: then a poll of
+    #: its HTTP API ([ingest] api_url) keeps its sessions fresh (Service.observe),
+    #: and its publishers are kicked there.
+    polled = False
+    #: Hooks it calls besides POST /v1/hooks/<kind>: {name: method reading its request},
+    #: each served at POST /v1/hooks/<kind>/<name>.
+    extra_hooks = {}
 
     def __init__(self, config):
         self.config = config
@@ -2119,9 +2138,22 @@ class IngestNode:
         """The IngestEvent a hook request carries; ApiError (400) when it is none."""
         raise NotImplementedError
 
+    def answer(self, data):
+        """The body of a hook answer that allows (or acknowledges) the call."""
+        return envelope(data)
+
+    def refusal(self, error):
+        """What a hook call refused with `error` (an ApiError) answers the node."""
+        return error
+
     def parse_stats(self, body):
         """{stream name: metrics} from the bytes its stats URL answered."""
         raise NotImplementedError
+
+    def stats(self, url, timeout):
+        """{stream name: metrics} as the node at `url` answers now; raises on any failure.
+        Metrics may name the stream's `connection` as its hooks do (Service.observe)."""
+        return self.parse_stats(read_url(url, timeout))
 
     def drop(self, url, session, timeout):
         """Have the node whose control is at `url` drop this session's publisher (a
@@ -2131,6 +2163,36 @@ class IngestNode:
     def conf(self, hook_secret, rtmp_port, http_port, prefix, http_host='127.0.0.1'):
         """The node's config file text, its hooks calling this API."""
         raise NotImplementedError
+
+
+def read_url(url, timeout, method='GET', limit=8 * 1024 * 1024):
+    """The body `url` answers (at most `limit` bytes, within 10 timeouts in all);
+    raises on any failure, an HTTP error status included."""
+    deadline = time.monotonic() + 10 * timeout
+    request = urllib.request.Request(url, method=method)
+    with urllib.request.urlopen(request, timeout=timeout) as answer:
+        body = b''
+        while len(body) < limit:
+            chunk = answer.read(64 * 1024)
+            if not chunk:
+                break
+            body += chunk
+            if time.monotonic() > deadline:
+                raise TimeoutError('the answer took over %g s' % (10 * timeout))
+    return body
+
+
+def hook_url(config, kind, hook_secret, node=None, hook=None):
+    """The URL a node of `kind` calls this API's hooks at: on the hook listener, else
+    on the API's port; `node` is its [ingest.NAME] name, `hook` an extra hook."""
+    server = config['server']
+    host, port = hook_address(server) or (server['host'], server['port'])
+    host = '127.0.0.1' if host in ('0.0.0.0', '::', '') else host
+    query = {'secret': hook_secret}
+    if node:
+        query['node'] = node
+    return 'http://%s/v1/hooks/%s%s?%s' % (_host_port(host, port), kind, '/' + hook if hook
+                                          else '', urllib.parse.urlencode(query))
 
 
 def _number(element, path, kind=int):
@@ -2236,11 +2298,7 @@ class NginxRtmp(IngestNode):
     def conf(self, hook_secret, rtmp_port, http_port, prefix, http_host='127.0.0.1'):
         """A complete nginx.conf whose rtmp application calls this API's hooks (on the
         hook listener, else on the API's port)."""
-        server = self.config['server']
-        host, port = hook_address(server) or (server['host'], server['port'])
-        host = '127.0.0.1' if host in ('0.0.0.0', '::', '') else host
-        hook = 'http://%s/v1/hooks/%s?secret=%s' % (_host_port(host, port), self.kind,
-                                                    hook_secret)
+        hook = hook_url(self.config, self.kind, hook_secret)
         return _data_path('nginx.conf.template').read_text().format(
             prefix=os.path.abspath(prefix), module=NGINX_RTMP_MODULE, rtmp_port=rtmp_port,
             http_port=http_port, http_host=http_host, app=rtmp_app(self.config), hook=hook,
@@ -2255,6 +2313,288 @@ class NginxRtmp(IngestNode):
             return 'access_log off;'
         return ('access_log syslog:server=127.0.0.1:%d,tag=livestream,nohostname hlsview;'
                 % port)
+
+
+def _json_hook_body(request):
+    """A hook's JSON object body; 400 when it is not one."""
+    content_type = request.content_type.split(';')[0].strip().lower()
+    if content_type != 'application/json':
+        raise bad_request('hook body must be JSON (application/json), not %r' % content_type)
+    try:
+        body = json.loads(request.body.read().decode('utf-8'))
+    except ValueError:
+        raise bad_request('hook body is not UTF-8 JSON')
+    if not isinstance(body, dict):
+        raise bad_request('hook body must be a JSON object')
+    return body
+
+
+def _text_field(body, name, nullable=False):
+    """A hook body's text field ('' when absent); 400 when it is not text."""
+    value = body.get(name, '')
+    if value is None and nullable:
+        return ''
+    if not isinstance(value, str):
+        raise bad_request('hook field %s must be a string' % name)
+    return value
+
+
+def _query_key(query):
+    """The `key` argument of a stream's query string (without its `?`), or ''."""
+    for name, value in urllib.parse.parse_qsl(query.lstrip('?'), keep_blank_values=True):
+        if name == 'key':
+            return value
+    return ''
+
+
+def _json_answer(url, timeout, method='GET'):
+    """The JSON object an ingest's HTTP API answers; raises on any failure."""
+    answer = json.loads(read_url(url, timeout, method).decode('utf-8'))
+    if not isinstance(answer, dict):
+        raise ValueError('the answer is not a JSON object')
+    return answer
+
+
+@ingest_kind
+class Srs(IngestNode):
+    """SRS 5/6: http_hooks posting JSON and answered {"code": 0}, its HTTP API's
+    /api/v1/streams/ polled and DELETE /api/v1/clients/<cid> to kick, and srs.conf
+    from srs.conf.template."""
+
+    kind = 'srs'
+    polled = True
+    #: The http_hooks actions acted on, and the event each is.
+    ACTIONS = {'on_publish': 'publish', 'on_unpublish': 'done', 'on_play': 'play',
+               'on_stop': 'stop'}
+    #: Its other actions: acknowledged and ignored; any other is a 400.
+    OTHER_ACTIONS = ('on_connect', 'on_close', 'on_dvr', 'on_hls', 'on_hls_notify')
+    #: Streams asked for per page: SRS answers at most this many (and at least 10).
+    PAGE = 1000
+    #: SRS's code for a client it does not have (ERROR_RTMP_CLIENT_NOT_FOUND).
+    GONE = 2049
+
+    def event(self, request):
+        body = _json_hook_body(request)
+        action = _text_field(body, 'action')
+        if not action:
+            raise bad_request('hook body has no action field')
+        if action not in self.ACTIONS and action not in self.OTHER_ACTIONS:
+            raise bad_request('unknown hook action %r' % action[:40])
+        what, name = self.ACTIONS.get(action), _text_field(body, 'stream')
+        if what in ('play', 'stop') and name.endswith('.m3u8'):
+            # A playlist fetched from SRS's HTTP server (one call per HLS session):
+            # a viewer of the stream the playlist is named after.
+            name = name[:-len('.m3u8')]
+        return IngestEvent(what, action, self.connection(_text_field(body, 'server_id'),
+                                                         _text_field(body, 'client_id')),
+                           _text_field(body, 'ip'), name,
+                           _query_key(_text_field(body, 'param')))
+
+    @staticmethod
+    def connection(server_id, client_id):
+        """A publisher's connection, the same from a hook and from the streams API."""
+        return '%s/%s' % (server_id, client_id)
+
+    def answer(self, data):
+        # SRS allows only on 200 with a body of 0 or a JSON object whose code is 0.
+        bottle.response.content_type = 'application/json'
+        return json.dumps({'code': 0, 'ec': EC_OK, 'data': data}, separators=(',', ':'))
+
+    def refusal(self, error):
+        # SRS reads any status but 200, or a code other than 0, as a refusal.
+        return bottle.HTTPResponse(json.dumps(
+            {'code': error.status_code, 'ec': error.ec, 'msg': error.msg, 'data': error.data},
+            separators=(',', ':')), error.status_code, {'Content-Type': 'application/json'})
+
+    def parse_stats(self, body):
+        answer = json.loads(body) if isinstance(body, (bytes, str)) else body
+        if answer.get('code') != 0:  # SRS answers its own errors as 200 with a code
+            raise ValueError('SRS answered code %r' % answer.get('code'))
+        streams = {}
+        for stream in answer.get('streams') or ():
+            publish = stream.get('publish') or {}
+            if not publish.get('active') or not stream.get('name'):
+                continue  # SRS lists a stream for a while after its publisher left
+            video, audio = stream.get('video'), stream.get('audio')
+            streams[stream['name']] = {
+                'connection': self.connection(answer.get('server', ''), publish.get('cid', '')),
+                'bytesIn': stream.get('recv_bytes') or 0,
+                'bitrateKbps': float((stream.get('kbps') or {}).get('recv_30s') or 0),
+                # clients counts the publisher, and SRS's HLS sessions beside its players.
+                'viewers': max(0, (stream.get('clients') or 0) - 1),
+                'video': video and {'codec': video.get('codec'), 'width': video.get('width'),
+                                    'height': video.get('height'), 'fps': None} or None,
+                'audio': audio and {'codec': audio.get('codec'),
+                                    'sampleRate': audio.get('sample_rate'),
+                                    'channels': audio.get('channel')} or None,
+            }
+        return streams
+
+    def stats(self, url, timeout):
+        streams, start = {}, 0
+        while True:
+            # The trailing slash: without it SRS answers a redirect.
+            answer = _json_answer('%s/api/v1/streams/?start=%d&count=%d' % (
+                url, start, self.PAGE), timeout)
+            streams.update(self.parse_stats(answer))
+            listed = len(answer.get('streams') or ())
+            if listed < self.PAGE:
+                return streams
+            start += listed
+
+    def drop(self, url, session, timeout):
+        client_id = session['connection'].rpartition('/')[2]
+        answer = _json_answer('%s/api/v1/clients/%s' % (url, urllib.parse.quote(client_id)),
+                              timeout, 'DELETE')
+        if answer.get('code') == self.GONE:
+            return 'already gone'
+        if answer.get('code') != 0:
+            raise ValueError('SRS answered code %r' % answer.get('code'))
+        return 'kicked'
+
+    def conf(self, hook_secret, rtmp_port=1935, http_port=8080, prefix='/var/lib/livestream-srs',
+             api_port=1985, node=None):
+        """A complete srs.conf whose hooks call this API (secret and node in the URL)."""
+        return _data_path('srs.conf.template').read_text().format(
+            prefix=os.path.abspath(prefix), rtmp_port=rtmp_port, http_port=http_port,
+            api_port=api_port, hook=hook_url(self.config, self.kind, hook_secret, node))
+
+
+@ingest_kind
+class MediaMtx(IngestNode):
+    """MediaMTX: its HTTP auth (authMethod: http) posting JSON, runOnUnavailable
+    posting a form to POST /v1/hooks/mediamtx/unavailable, /v3/paths/list polled,
+    POST /v3/<kind of connection>/kick/<id> to kick, and mediamtx.yml from
+    mediamtx.yml.template. Any 2xx allows, anything else refuses."""
+
+    kind = 'mediamtx'
+    polled = True
+    extra_hooks = {'unavailable': 'unavailable'}
+    #: The auth actions acted on, and the event each is; api, metrics and pprof are
+    #: refused (the generated config excludes the API's own calls from auth).
+    ACTIONS = {'publish': 'publish', 'read': 'read', 'playback': 'read'}
+    REFUSED_ACTIONS = ('api', 'metrics', 'pprof')
+    #: Where a publisher of each protocol is kicked: /v3/<this>/kick/<id> (then the
+    #: RTMPS / RTSPS list, where the same protocol's encrypted connections are).
+    KICK_PATHS = {'rtmp': ('rtmpconns', 'rtmpsconns'), 'rtsp': ('rtspsessions', 'rtspssessions'),
+                  'srt': ('srtconns',), 'webrtc': ('webrtcsessions',)}
+    #: A path's source type (the paths list, $MTX_SOURCE_TYPE) -> the auth protocol.
+    SOURCE_PROTOCOLS = {'rtmpConn': 'rtmp', 'rtmpsConn': 'rtmp', 'rtspSession': 'rtsp',
+                        'rtspsSession': 'rtsp', 'srtConn': 'srt', 'webRTCSession': 'webrtc'}
+    #: Paths asked for per page of /v3/paths/list.
+    PAGE = 1000
+    #: Its codec names that have another name in the API's statistics.
+    CODECS = {'MPEG-4 Audio': 'AAC'}
+    VIDEO_CODECS = ('AV1', 'VP9', 'VP8', 'H265', 'H264', 'MPEG-4 Video', 'MPEG-1/2 Video',
+                    'M-JPEG')
+
+    def _stream_name(self, path):
+        """The channel id a path `<app>/<id>` names ('' for any other path)."""
+        app, _, name = path.lstrip('/').partition('/')
+        return name if app == rtmp_app(self.config) else ''
+
+    def event(self, request):
+        body = _json_hook_body(request)
+        action = _text_field(body, 'action')
+        if action in self.REFUSED_ACTIONS:
+            raise ApiError(403, EC_FORBIDDEN, 'action %s is not allowed through this hook; '
+                           'exclude it from auth (authHTTPExclude)' % action)
+        if action not in self.ACTIONS:
+            raise bad_request('unknown auth action %r' % action[:40])
+        protocol = _text_field(body, 'protocol')
+        if action == 'publish' and protocol not in self.KICK_PATHS:
+            raise ApiError(403, EC_FORBIDDEN, 'publishing over %r is not supported'
+                           % protocol[:40])
+        # The key: the query's (RTMP, RTSP, SRT's streamid, a WHIP URL), else a WHIP
+        # bearer token.
+        key = _query_key(_text_field(body, 'query')) or _text_field(body, 'token')
+        return IngestEvent(self.ACTIONS[action], action,
+                           '%s/%s' % (protocol, _text_field(body, 'id', nullable=True)),
+                           _text_field(body, 'ip'), self._stream_name(_text_field(body, 'path')),
+                           key)
+
+    def unavailable(self, request):
+        """runOnUnavailable's call: a path's stream ended (form: path, source_type,
+        source_id)."""
+        content_type = request.content_type.split(';')[0].strip().lower()
+        if content_type != 'application/x-www-form-urlencoded':
+            raise bad_request('hook body must be form data, not %r' % content_type)
+        try:
+            form = _form_fields(request.body.read().decode('utf-8'))
+        except ValueError:
+            raise bad_request('hook body is not UTF-8 form data')
+        protocol = self.SOURCE_PROTOCOLS.get(form.get('source_type', ''), '')
+        return IngestEvent('done', 'unavailable', '%s/%s' % (protocol, form.get('source_id', '')),
+                           '', self._stream_name(form.get('path', '')), '')
+
+    def parse_stats(self, body):
+        answer = json.loads(body) if isinstance(body, (bytes, str)) else body
+        streams = {}
+        for path in answer.get('items') or ():
+            name = self._stream_name(path.get('name') or '')
+            source = path.get('source') or {}
+            if not name or not path.get('available', path.get('ready')):
+                continue
+            video, audio = self._tracks(path)
+            streams[name] = {
+                'connection': '%s/%s' % (self.SOURCE_PROTOCOLS.get(source.get('type'), ''),
+                                         source.get('id', '')),
+                'bytesIn': path.get('inboundBytes', path.get('bytesReceived')) or 0,
+                'bitrateKbps': 0.0,  # none given: measured_bitrate takes the bytes' growth
+                'viewers': len(path.get('readers') or ()),
+                'video': video, 'audio': audio,
+            }
+        return streams
+
+    def _tracks(self, path):
+        """(video, audio) from tracks2 ({codec, codecProps}), or the older tracks (names)."""
+        tracks = path.get('tracks2')
+        if tracks is None:
+            tracks = [{'codec': codec} for codec in path.get('tracks') or ()]
+        video = audio = None
+        for track in tracks:
+            codec, props = track.get('codec'), track.get('codecProps') or {}
+            if codec in self.VIDEO_CODECS and video is None:
+                video = {'codec': codec, 'width': props.get('width'),
+                         'height': props.get('height'), 'fps': None}
+            elif codec not in self.VIDEO_CODECS and audio is None:
+                audio = {'codec': self.CODECS.get(codec, codec),
+                         'sampleRate': props.get('sampleRate'),
+                         'channels': props.get('channelCount')}
+        return video, audio
+
+    def stats(self, url, timeout):
+        streams, page = {}, 0
+        while True:
+            answer = _json_answer('%s/v3/paths/list?itemsPerPage=%d&page=%d' % (
+                url, self.PAGE, page), timeout)
+            streams.update(self.parse_stats(answer))
+            page += 1
+            if page >= (answer.get('pageCount') or 0):
+                return streams
+
+    def drop(self, url, session, timeout):
+        protocol, _, conn_id = session['connection'].rpartition('/')
+        protocol = protocol.rpartition('/')[2]
+        if protocol not in self.KICK_PATHS:
+            raise ValueError('no kick for protocol %r' % protocol)
+        for kind in self.KICK_PATHS[protocol]:
+            try:
+                read_url('%s/v3/%s/kick/%s' % (url, kind, urllib.parse.quote(conn_id)),
+                         timeout, 'POST')
+                return 'kicked from %s' % kind
+            except urllib.error.HTTPError as error:
+                if error.code != 404:
+                    raise
+        return 'already gone'
+
+    def conf(self, hook_secret, rtmp_port=1935, api_port=9997, node=None):
+        """A mediamtx.yml whose auth and runOnUnavailable call this API (secret and
+        node in the URLs), its API on loopback."""
+        return _data_path('mediamtx.yml.template').read_text().format(
+            rtmp_port=rtmp_port, api_port=api_port, app=rtmp_app(self.config),
+            hook=hook_url(self.config, self.kind, hook_secret, node),
+            unavailable=hook_url(self.config, self.kind, hook_secret, node, 'unavailable'))
 
 
 # Polling stats and kicking publishers, for a node of any kind #################
@@ -2387,6 +2727,69 @@ class Kicker:
         log.warning('could not kick the publisher of channel %s (session %s) at %s: %s; '
                     'it is dropped at its next update hook', session['channel_id'],
                     session['session_id'], self.url, error)
+
+
+class Poller:
+    """Polls one node's HTTP API every `interval` seconds (a daemon thread: start/stop;
+    tests call run_once) and hands each snapshot to Service.observe. Its last snapshot
+    is the node's statistics (snapshot(), as IngestStats's)."""
+
+    def __init__(self, svc, node, url, interval, clock, timeout=2.0):
+        self.svc, self.node, self.url, self.interval = svc, node, url, interval
+        self.clock, self.timeout = clock, timeout
+        self._snapshot = None
+        self._stopping = threading.Event()
+        self._thread = None
+
+    def snapshot(self, max_age=None):
+        """{url, reachable, streams: {name: metrics}, at}: the last poll's, with no
+        streams before the first poll or when older than `max_age` seconds."""
+        snapshot = self._snapshot
+        if snapshot is None or (max_age is not None and self.clock() - snapshot['at'] > max_age):
+            return {'url': self.url, 'reachable': bool(snapshot and snapshot['reachable']),
+                    'streams': {}, 'at': self.clock()}
+        return snapshot
+
+    def run_once(self, now=None):
+        """Poll now, and observe what the node answered; the snapshot."""
+        try:
+            streams, reachable = self.node.stats(self.url, self.timeout), True
+        except Exception as error:  # any failure means unreachable: said once, not per poll
+            if self._snapshot is None or self._snapshot['reachable']:
+                log.warning('ingest %s unreachable at %s: %s', self.node.kind, self.url, error)
+            streams, reachable = {}, False
+        else:
+            if self._snapshot is not None and not self._snapshot['reachable']:
+                log.info('ingest %s reachable again at %s', self.node.kind, self.url)
+        now = self.clock() if now is None else now
+        snapshot = {'url': self.url, 'reachable': reachable, 'streams': streams, 'at': now}
+        # The rates measured where the node gives none (MediaMTX), or none yet (SRS's
+        # first 30 s), so that the node's statistics show them too.
+        measured_rates = self.svc.observe(self.node.kind, snapshot, now)
+        self._snapshot = dict(snapshot, streams={
+            name: dict(metrics, bitrateKbps=measured_rates.get(name, metrics['bitrateKbps']))
+            for name, metrics in streams.items()})
+        return self._snapshot
+
+    def start(self):
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, daemon=True,
+                                            name='%s-poller' % self.node.kind)
+            self._thread.start()
+
+    def stop(self):
+        self._stopping.set()
+        if self._thread is not None:
+            self._thread.join(5 * self.timeout)
+            self._thread = None
+
+    def _run(self):
+        while not self._stopping.is_set():
+            try:
+                self.run_once()
+            except Exception:  # the database, say: logged, and the next poll tries again
+                log.exception('ingest %s: observing a poll failed', self.node.kind)
+            self._stopping.wait(self.interval)
 
 
 ###############################################################################
@@ -2617,9 +3020,16 @@ class Service:
         #: An adapter of each ingest kind, for its hook; `node` is the one the
         #: [ingest] URLs point at, whose stats are polled and publishers kicked.
         self.nodes = {kind: adapter(config) for kind, adapter in INGEST_KINDS.items()}
-        self.node = self.nodes['nginx-rtmp']
-        self.ingest = IngestStats(config['ingest']['stat_url'], self.node.parse_stats, clock)
-        control_url = config['ingest']['control_url']
+        self.node = self.nodes[config['ingest']['kind']]
+        if self.node.polled:
+            #: Polls the node's API ([ingest] api_url), which keeps its sessions fresh.
+            self.poller = Poller(self, self.node, config['ingest']['api_url'],
+                                 config['ingest']['update_interval'], clock)
+            self.ingest, control_url = self.poller, config['ingest']['api_url']
+        else:
+            self.poller = None
+            self.ingest = IngestStats(config['ingest']['stat_url'], self.node.parse_stats, clock)
+            control_url = config['ingest']['control_url']
         #: Drops the publisher of a session the API ends (None: [ingest] control_url empty).
         self.kicker = Kicker(self.node, control_url) if control_url else None
         self.purger = Purger(self.store, clock, config['ingest']['sample_retention_days'],
@@ -2684,15 +3094,62 @@ class Service:
             self.kicker.start()
         if self.viewer_log:
             self.viewer_log.start()
+        if self.poller:
+            self.poller.start()
 
     def stop(self):
         """Finish what the background workers have queued, and stop them."""
+        if self.poller:
+            self.poller.stop()
         self.purger.stop()
         self.deliverer.stop()
         if self.kicker:
             self.kicker.stop()
         if self.viewer_log:
             self.viewer_log.stop()
+
+    def observe(self, node, snapshot, now):
+        """A fresh poll of ingest node `node` (its name): refresh the live sessions it
+        lists, and end and kick those that may no longer be on air, as an update hook
+        does on a node that asks. An unreachable node refreshes none: they go stale.
+        Returns {stream name: its measured bitrate} for the sessions refreshed."""
+        if not snapshot['reachable']:
+            return {}
+        bitrates = {}
+        for name, metrics in snapshot['streams'].items():
+            if PUBLIC_ID.match(name):
+                bitrate = self._observe_stream(node, name, metrics, now)
+                if bitrate is not None:
+                    bitrates[name] = bitrate
+        return bitrates
+
+    def _observe_stream(self, node, name, metrics, now):
+        live = self.store.ingest_channel(name)
+        # A node that does not name its publishers (nginx-rtmp): the open session is its.
+        connection = metrics.get('connection') or (live and live['connection']) or ''
+        action, why = decide_update(live, connection)
+        session_id = live and live['session_id']
+        if action == 'orphan':
+            last = self.store.last_session_of(live['id'], connection)
+            why, session_id = decide_unasked(last), last and last['public_id']
+            if why is None:
+                return None
+        if action != 'keep':
+            log.warning('%s: kicking the publisher of channel %s: %s', node, name, why)
+            self.kick([{'channel_id': name, 'session_id': session_id or '-',
+                        'connection': connection}])
+            return None
+        figures = measured(self, name, metrics, live, now)
+        self.store.record_sample(live['live_session_id'], now, figures)
+        over = decide_limits(live, now, figures['bitrateKbps'])
+        if over:
+            limit = LIMIT_PASSED[over]
+            self.store.end_session(live['live_session_id'], over, now,
+                                   limit=(limit, live[LIMIT_COLUMNS[limit]]))
+            log.warning('%s: channel %s passed %s: kicking its publisher', node, name, over)
+            self.kick([{'channel_id': name, 'session_id': session_id,
+                        'connection': connection}])
+        return figures['bitrateKbps']
 
     @property
     def default_limits(self):
@@ -3272,6 +3729,16 @@ def decide_drop(live, default_window):
     return default_window if window is None else window
 
 
+def decide_unasked(last):
+    """Why a stream that a poll sees at its node, with no open session of its
+    connection, is kicked (None: left alone, its publish may be under way), from
+    that connection's latest session on the channel. Ended for any reason, stale
+    included: a poll carries no key to resume it by; the encoder reconnects and asks."""
+    if last is not None:
+        return 'session was ended: %s' % last['end_reason']
+    return None
+
+
 def measured_bitrate(metrics, live, now):
     """A stream's bitrate in kbit/s: nginx's bw_in; while that is still 0 (its first
     ~10 s), the growth of bytes_in since the session's last sample, or since it began."""
@@ -3351,9 +3818,12 @@ def _figures(svc, name, live, now, max_age=None):
     """The stream's metrics from the ingest's /stat with its measured bitrate, or None
     where /stat does not list it."""
     metrics = svc.ingest.snapshot(max_age)['streams'].get(name)
-    if not metrics:
-        return None
-    # After a reconnect the ingest counts the new connection's bytes from 0.
+    return metrics and measured(svc, name, metrics, live, now)
+
+
+def measured(svc, name, metrics, live, now):
+    """A stream's metrics as the ingest lists them, with its measured bitrate and HLS
+    viewers. After a reconnect the ingest counts the new connection's bytes from 0."""
     metrics = dict(metrics, bytesIn=metrics['bytesIn'] + (live['bytes_base'] or 0))
     return dict(metrics, bitrateKbps=measured_bitrate(metrics, live, now),
                 viewersHls=svc.viewers.count(name, now))
@@ -3427,33 +3897,53 @@ def ingest_play(svc, event):
     return {'allowed': True}
 
 
+def ingest_read(svc, event):
+    """A reader asks to watch, with no word when it leaves (the poll counts readers):
+    allowed on an enabled channel, as playback is public."""
+    channel = svc.store.ingest_channel(event.name)
+    if channel is None:
+        raise HookDenied('no such channel')
+    if not channel['enabled']:
+        raise HookDenied('channel is disabled')
+    return {'allowed': True}
+
+
 #: What each event does.
 ON_EVENT = {'publish': ingest_publish, 'update': ingest_update, 'done': ingest_publish_done,
-            'play': ingest_play, 'stop': ingest_play}
+            'play': ingest_play, 'stop': ingest_play, 'read': ingest_read}
 
 
-def ingest_hook(kind):
-    """POST /v1/hooks/<kind>: an ingest node's hook calls, as its adapter reads them.
-    2xx allows, 403 refuses (or, for an update, drops the stream)."""
+def ingest_hook(kind, hook=None):
+    """POST /v1/hooks/<kind>[/<hook>]: an ingest node's hook calls, as its adapter reads
+    them. 2xx allows, 403 refuses (or, for an update, drops the stream); each in the
+    form the node understands (its adapter's answer and refusal)."""
+    node = service().nodes[kind]
+    try:
+        return node.answer(_ingest_call(node, hook))
+    except ApiError as error:
+        raise node.refusal(error)
+
+
+def _ingest_call(node, hook):
     svc = service()
     _check_hook_secret(svc)
-    query({'secret'})
+    query({'secret', 'node'})
     if bottle.request.content_length > max_body():
         raise ApiError(413, EC_TOO_LARGE, 'hook body too large')
-    event = svc.nodes[kind].event(bottle.request)
+    event = (getattr(node, node.extra_hooks[hook]) if hook else node.event)(bottle.request)
     if event.what is None:
-        return envelope({'ignored': event.said})
+        return {'ignored': event.said}
     if not PUBLIC_ID.match(event.name):
-        log.warning('%s %s refused: stream name is not a channel id', kind, event.said)
-        if event.what in ('publish', 'play'):
+        log.warning('%s %s refused: stream name is not a channel id', node.kind, event.said)
+        if event.what in ('publish', 'play', 'read'):
             raise ApiError(403, EC_FORBIDDEN, 'stream name is not a channel id')
         raise bad_request('stream name is not a channel id')
     try:
-        result = ON_EVENT[event.what](svc, event)
+        return ON_EVENT[event.what](svc, event)
     except HookDenied as denied:
-        log.warning('%s %s on channel %s refused: %s', kind, event.said, event.name, denied)
+        log.warning('%s %s on channel %s refused: %s', node.kind, event.said, event.name,
+                    denied)
         raise ApiError(403, EC_FORBIDDEN, str(denied))
-    return envelope(result)
 
 
 ###############################################################################
@@ -4161,6 +4651,58 @@ def openapi_document():
                            'schema': {'type': 'string', 'minLength': 1},
                            'description': '[ingest] hook_secret; anything else gets 403'}],
           hook_form, public=True, media='application/x-www-form-urlencoded')
+    hook_secret = {'name': 'secret', 'in': 'query', 'required': True,
+                   'schema': {'type': 'string', 'minLength': 1},
+                   'description': '[ingest] hook_secret; anything else gets 403'}
+    hook_node = {'name': 'node', 'in': 'query', 'schema': {'type': 'string'},
+                 'description': 'the node calling, as its generated config names it'}
+    hook_result = {'anyOf': [_closed({'allowed': {'const': True}}),
+                             _closed({'ended': {'type': 'boolean'}}),
+                             _closed({'ignored': string})]}
+    srs_hook = {'type': 'object', 'properties': {
+        'action': {'type': 'string'}, 'stream': string, 'param': string, 'client_id': string,
+        'server_id': string, 'ip': string}, 'anyOf': [
+            {'required': ['action', 'stream'], 'properties': {
+                'action': {'enum': list(Srs.ACTIONS)},
+                'stream': {'type': 'string', 'pattern': _ecma(PUBLIC_ID)[:-1] + '(\\.m3u8)?$',
+                           'description': 'a channel id (<id>.m3u8: an HLS viewer)'}}},
+            {'required': ['action'], 'properties': {'action': {
+                'enum': list(Srs.OTHER_ACTIONS), 'description': 'acknowledged, not acted on'}}}]}
+    channel_path = {'type': 'string', 'pattern': '^live/' + _ecma(PUBLIC_ID)[1:],
+                    'description': '<app>/<channel id>'}
+    mediamtx_hook = {'type': 'object', 'properties': {
+        'action': {'type': 'string'}, 'path': string, 'query': string, 'token': string,
+        'id': {'type': ['string', 'null']}, 'protocol': string, 'ip': string}, 'anyOf': [
+            {'required': ['action', 'path', 'protocol'], 'properties': {
+                'action': {'const': 'publish'}, 'path': channel_path,
+                'protocol': {'enum': list(MediaMtx.KICK_PATHS)}}},
+            {'required': ['action', 'path'], 'properties': {
+                'action': {'enum': ['read', 'playback']}, 'path': channel_path}},
+            {'required': ['action'], 'properties': {'action': {
+                'enum': list(MediaMtx.REFUSED_ACTIONS), 'description': 'always refused'}}}]}
+    srs_refusal = {'content': {'application/json': {'schema': _closed({
+        'code': {'type': 'integer', 'minimum': 1}, 'ec': {'enum': [EC_BAD_REQUEST, EC_FORBIDDEN,
+                                                               EC_TOO_LARGE]},
+        'msg': {'type': 'string'}, 'data': {'type': 'null'}})}}}
+    route('POST', '/v1/hooks/srs', 'srs_hook', 'SRS http_hooks (on_publish, on_unpublish, '
+          'on_play, on_stop): 200 with code 0 allows, 403 with a non-zero code refuses',
+          dict({'200': {'description': 'Allowed or acknowledged', 'content': {
+              'application/json': {'schema': _closed({'code': {'const': 0}, 'ec': {
+                  'const': EC_OK}, 'data': hook_result})}}}},
+              **{code: dict(srs_refusal, description=about) for code, about in (
+                  ('400', 'A body SRS does not send'), ('403', 'Refused (or a wrong secret)'),
+                  ('413', 'Body too large'))}),
+          parameters=[hook_secret, hook_node], body=srs_hook, public=True)
+    route('POST', '/v1/hooks/mediamtx', 'mediamtx_hook', 'MediaMTX HTTP auth (authMethod: '
+          'http): 2xx allows a publish, read or playback; 403 refuses',
+          {'200': _success('Allowed', hook_result)}, '400 403 413',
+          [hook_secret, hook_node], mediamtx_hook, public=True)
+    route('POST', '/v1/hooks/mediamtx/unavailable', 'mediamtx_unavailable_hook',
+          "MediaMTX runOnUnavailable: the path's stream ended", {'200': _success(
+              'Acknowledged', hook_result)}, '400 403 413', [hook_secret, hook_node],
+          {'type': 'object', 'required': ['path'], 'properties': {
+              'path': channel_path, 'source_type': string, 'source_id': string}},
+          public=True, media='application/x-www-form-urlencoded')
     for path, method, parameter, field, handlers in (
             ('/v1/clients', 'post', 'clientId', 'id', (rotate_client, delete_client)),
             ('/v1/users/{userId}', 'put', 'userId', 'userId', (get_user, patch_user, delete_user)),
@@ -4281,8 +4823,11 @@ def create_app(config=None, clock=time.time, background=False):
                   else route.handler)
         if route.admin:
             svc.admin_paths.add(route.path, 'ANY', route)
-    for kind in svc.nodes:  # POST /v1/hooks/nginx-rtmp, and one for each other kind
+    for kind, node in svc.nodes.items():  # POST /v1/hooks/nginx-rtmp, one for each other kind
         app.route('/v1/hooks/%s' % kind, 'POST', functools.partial(ingest_hook, kind))
+        for hook in node.extra_hooks:  # such as POST /v1/hooks/mediamtx/unavailable
+            app.route('/v1/hooks/%s/%s' % (kind, hook), 'POST',
+                      functools.partial(ingest_hook, kind, hook))
     app.default_error_handler = error_body
     if background:
         svc.start()
@@ -4915,14 +5460,30 @@ def _parser():
     delete.add_argument('client', metavar='ID', help='its id, or its token id')
     delete.add_argument('--force', action='store_true',
                         help='also delete its users and channels')
-    conf = commands.add_parser('nginx-conf', parents=[common],
+    written = argparse.ArgumentParser(add_help=False)  # what each config generator takes
+    written.add_argument('--output', metavar='FILE',
+                         help='write to FILE, mode 0600 (it holds the hook secret), not stdout')
+    written.add_argument('--rtmp-port', type=_cli_port, default=1935)
+    named = argparse.ArgumentParser(add_help=False)
+    named.add_argument('--node', metavar='NAME',
+                       help='its [ingest.NAME] name, sent with its hooks')
+    conf = commands.add_parser('nginx-conf', parents=[common, written],
                                help='print an nginx.conf wired to this API')
-    conf.add_argument('--rtmp-port', type=_cli_port, default=1935)
     conf.add_argument('--http-port', type=_cli_port, default=8088)
     conf.add_argument('--prefix', default='/var/lib/livestream-nginx',
                       help='directory for nginx state, logs and HLS files')
-    conf.add_argument('--output', metavar='FILE',
-                      help='write to FILE, mode 0600 (it holds the hook secret), not stdout')
+    srs = commands.add_parser('srs-conf', parents=[common, written, named],
+                              help='print an srs.conf (SRS 5/6) wired to this API')
+    srs.add_argument('--http-port', type=_cli_port, default=8080,
+                     help='its HTTP server, for HLS (default 8080)')
+    srs.add_argument('--api-port', type=_cli_port, default=1985,
+                     help='its HTTP API, on loopback: [ingest] api_url (default 1985)')
+    srs.add_argument('--prefix', default='/var/lib/livestream-srs',
+                     help='directory for its pid file, log and HLS files')
+    mediamtx = commands.add_parser('mediamtx-conf', parents=[common, written, named],
+                                   help='print a mediamtx.yml wired to this API')
+    mediamtx.add_argument('--api-port', type=_cli_port, default=9997,
+                          help='its control API, on loopback: [ingest] api_url (default 9997)')
     backup = commands.add_parser('backup', parents=[common],
                                  help='copy the database, consistently, while it is in use')
     backup.add_argument('dest', metavar='DEST', help='the file to write (replaced if there)')
@@ -4935,6 +5496,14 @@ def _parser():
     litestream.add_argument('--replica', metavar='URL', required=True,
                             help='where to replicate: file:///path or s3://bucket/path')
     return parser
+
+
+def _print_conf(args, conf_text):
+    """A generated config to --output (private: it holds the hook secret), or stdout."""
+    if args.output:
+        write_private(args.output, conf_text)
+    else:
+        print(conf_text, end='')
 
 
 def main(argv=None, environ=None):
@@ -4996,12 +5565,15 @@ def main(argv=None, environ=None):
         elif args.command == 'nginx-conf':
             for warning in nginx_port_warnings(config, args.rtmp_port, args.http_port):
                 print('livestream-api: warning: %s' % warning, file=sys.stderr)
-            conf_text = app.livestream.node.conf(app.livestream.hook_secret, args.rtmp_port,
-                                                 args.http_port, args.prefix)
-            if args.output:
-                write_private(args.output, conf_text)
-            else:
-                print(conf_text, end='')
+            _print_conf(args, app.livestream.node.conf(
+                app.livestream.hook_secret, args.rtmp_port, args.http_port, args.prefix))
+        elif args.command == 'srs-conf':
+            _print_conf(args, app.livestream.nodes['srs'].conf(
+                app.livestream.hook_secret, args.rtmp_port, args.http_port, args.prefix,
+                args.api_port, args.node))
+        elif args.command == 'mediamtx-conf':
+            _print_conf(args, app.livestream.nodes['mediamtx'].conf(
+                app.livestream.hook_secret, args.rtmp_port, args.api_port, args.node))
         elif args.client_command == 'create':
             token_id, secret = new_token()
             store.create_client(args.name, args.role, token_id, hash_secret(secret), time.time())

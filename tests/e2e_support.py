@@ -218,15 +218,19 @@ class Stack:
 
     # nginx -------------------------------------------------------------------
 
-    def write_nginx_conf(self):
+    def generate(self, command, *args):
+        """What `livestream-api <command> ... --db <the stack's>` prints (a config)."""
         generated = subprocess.run(
-            [sys.executable, '-m', 'livestream_api', 'nginx-conf',
-             '--rtmp-port', str(self.rtmp_port), '--http-port', str(self.http_port),
-             '--prefix', str(self.prefix), '--db', str(self.db)],
+            [sys.executable, '-m', 'livestream_api', command, *args, '--db', str(self.db)],
             cwd=str(ROOT), env=self.env, stdin=subprocess.DEVNULL, capture_output=True,
             text=True, timeout=60)
         assert generated.returncode == 0, generated.stderr
-        (self.prefix / 'nginx.conf').write_text(generated.stdout)
+        return generated.stdout
+
+    def write_nginx_conf(self):
+        (self.prefix / 'nginx.conf').write_text(self.generate(
+            'nginx-conf', '--rtmp-port', str(self.rtmp_port), '--http-port',
+            str(self.http_port), '--prefix', str(self.prefix)))
 
     def start_nginx(self):
         with open(self.nginx_log, 'ab') as log:

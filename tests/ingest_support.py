@@ -1,8 +1,10 @@
 """Helpers shared by the hook, statistics and kick tests: nginx-rtmp /stat XML and
-its control module, served by real local HTTP servers, and nginx-shaped notify calls."""
+its control module, and an ingest's JSON API (SRS, MediaMTX), served by real local
+HTTP servers, and nginx-shaped notify calls."""
 
 import copy
 import http.server
+import json
 import pathlib
 import threading
 import time
@@ -156,3 +158,42 @@ def get(client, channel):
 
 def sessions(client, channel):
     return client.get('/v1/channels/%s/sessions' % channel['id']).json['data']
+
+
+class JsonApi:
+    """A real HTTP server on 127.0.0.1 standing in for an ingest's HTTP API (SRS's,
+    MediaMTX's): it records each request as (method, path with query) and answers
+    what answer(method, path) returns, a (status, JSON-able body) pair."""
+
+    def __init__(self, answer):
+        self.calls = []
+        self.answer = answer
+        server = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def _any(self):
+                server.calls.append((self.command, self.path))
+                status, body = server.answer(self.command, self.path)
+                data = json.dumps(body).encode()
+                self.send_response(status)
+                self.send_header('Content-Type', 'application/json')
+                self.send_header('Content-Length', str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            do_GET = do_POST = do_DELETE = _any
+
+            def log_message(self, *args):
+                pass
+
+        self.httpd = http.server.ThreadingHTTPServer(('127.0.0.1', 0), Handler)
+        self.httpd.daemon_threads = True
+        self.url = 'http://127.0.0.1:%d' % self.httpd.server_port
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True,
+                                       kwargs={'poll_interval': 0.01})
+        self.thread.start()
+
+    def close(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+        self.thread.join(5)

@@ -5,7 +5,8 @@ is a plain function over one read, so every case is a row here."""
 import pytest
 
 from livestream_api import (decide_drop, decide_edit, decide_left, decide_limits, decide_publish,
-                            decide_resume, decide_update, edit_event, measured_bitrate)
+                            decide_resume, decide_unasked, decide_update, edit_event,
+                            measured_bitrate)
 
 NOW = 1_800_000_000.0
 CUTOFF = NOW - 30  # stale_after: 3 update intervals of 10 s
@@ -188,6 +189,24 @@ LEFT = [
                          ids=[case[0] for case in LEFT])
 def test_decide_left(last, expected):
     assert decide_left(last) is expected
+
+
+#: (case, the connection's latest session, for a stream a poll sees with no open
+#: session) -> why it is kicked (None: left alone)
+UNASKED = [
+    ('none: its publish may be under way', None, None),
+    ('cut by the API', {'end_reason': 'key_rotated'}, 'session was ended: key_rotated'),
+    ('ended as stale: no key to resume it by', {'end_reason': 'stale'},
+     'session was ended: stale'),
+    ('left, yet still listed', {'end_reason': 'publisher_left'},
+     'session was ended: publisher_left'),
+]
+
+
+@pytest.mark.parametrize('last, expected', [case[1:] for case in UNASKED],
+                         ids=[case[0] for case in UNASKED])
+def test_decide_unasked(last, expected):
+    assert decide_unasked(last) == expected
 
 
 #: (case, ingest_channel's read, seconds since it started, bitrate) -> end reason

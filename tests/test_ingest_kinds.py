@@ -74,4 +74,5 @@ def test_a_new_kind_may_ignore_calls_and_keeps_the_hook_secret(app, admin, post)
 
 def test_the_nginx_rtmp_kind_is_still_served_beside_it(app):
     paths = {route.rule for route in app.routes if '/hooks/' in route.rule}
-    assert paths == {'/v1/hooks/nginx-rtmp', '/v1/hooks/json-ingest'}
+    assert paths == {'/v1/hooks/nginx-rtmp', '/v1/hooks/srs', '/v1/hooks/mediamtx',
+                     '/v1/hooks/mediamtx/unavailable', '/v1/hooks/json-ingest'}

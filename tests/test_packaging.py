@@ -140,13 +140,18 @@ def test_wheel_client_create_prints_the_token_once(venv, elsewhere, tmp_path):
     assert lines['LIVE_TOKEN_SECRET'] not in listed.stdout
 
 
-def test_wheel_writes_nginx_conf_from_its_template(venv, elsewhere, tmp_path):
+def test_wheel_writes_each_ingest_conf_from_its_template(venv, elsewhere, tmp_path):
     db = str(tmp_path / 'x.db')
     run([str(venv / 'bin' / 'livestream-api'), 'init-db', '--db', db], elsewhere, 60)
     result = run([str(venv / 'bin' / 'livestream-api'), 'nginx-conf', '--db', db],
                  elsewhere, 60)
     assert '/v1/hooks/nginx-rtmp?secret=' in result.stdout
     assert 'rtmp_control all;' in result.stdout
+    srs = run([str(venv / 'bin' / 'livestream-api'), 'srs-conf', '--db', db], elsewhere, 60)
+    assert '/v1/hooks/srs?secret=' in srs.stdout and 'srs_log_level_v2 warn;' in srs.stdout
+    mediamtx = run([str(venv / 'bin' / 'livestream-api'), 'mediamtx-conf', '--db', db],
+                   elsewhere, 60)
+    assert '/v1/hooks/mediamtx?secret=' in mediamtx.stdout
 
 
 def test_wheel_config_error_exits_2(venv, elsewhere):
