@@ -173,6 +173,9 @@ class Stack:
         self.nginx_log = self.workdir / 'nginx.out'
         self.error_log = self.prefix / 'error.log'
         self.api = Api('http://127.0.0.1:%d' % self.api_port, self.token_id, self.token_secret)
+        #: An INI file given to serve and nginx-conf as --config (None: none), for
+        #: what the environment cannot say ([ingest.NAME] sections).
+        self.config_file = None
         self.api_process = self.nginx = None
         self.encoders = []
         self.env = {name: value for name, value in os.environ.items()
@@ -200,7 +203,7 @@ class Stack:
         with open(self.api_log, 'ab') as log, open(self.workdir / 'api.stdout', 'ab') as out:
             self.api_process = subprocess.Popen(
                 [sys.executable, '-m', 'livestream_api', 'serve', '--port', str(self.api_port),
-                 '--db', str(self.db)],
+                 '--db', str(self.db)] + self._config_args(),
                 cwd=str(ROOT), env=self.env, stdin=subprocess.DEVNULL, stdout=out, stderr=log,
                 start_new_session=True)
 
@@ -217,11 +220,16 @@ class Stack:
 
     # nginx -------------------------------------------------------------------
 
-    def write_nginx_conf(self):
+    def _config_args(self):
+        return ['--config', str(self.config_file)] if self.config_file else []
+
+    def write_nginx_conf(self, node=None):
+        """nginx.conf as `livestream-api nginx-conf` writes it (for ingest node `node`)."""
         generated = subprocess.run(
             [sys.executable, '-m', 'livestream_api', 'nginx-conf',
              '--rtmp-port', str(self.rtmp_port), '--http-port', str(self.http_port),
-             '--prefix', str(self.prefix), '--db', str(self.db)],
+             '--prefix', str(self.prefix), '--db', str(self.db)] + self._config_args()
+            + (['--node', node] if node else []),
             cwd=str(ROOT), env=self.env, stdin=subprocess.DEVNULL, capture_output=True,
             text=True, timeout=60)
         assert generated.returncode == 0, generated.stderr
