@@ -75,7 +75,8 @@ log = logging.getLogger('livestream')
 
 class LivestreamError(Exception):
     """The base of every error this module raises on purpose (as bottle's
-    BottleException): ConfigError, DatabaseGone, ApiError, HookDenied, CannotListen."""
+    BottleException): ConfigError, DatabaseGone, NotAccepting, ApiError, HookDenied,
+    CannotListen."""
 
 
 ###############################################################################
@@ -1211,7 +1212,8 @@ class Store:
                 'viewers = ?, peak_viewers = max(peak_viewers, coalesce(?, 0)), '
                 'video = coalesce(?, video), audio = coalesce(?, audio) '
                 'WHERE id = ? AND ended_at IS NULL',
-                (now, measured_at, metrics['bytesIn'], metrics['bitrateKbps'], metrics['bitrateKbps'],
+                (now, measured_at, metrics['bytesIn'], metrics['bitrateKbps'],
+                 metrics['bitrateKbps'],
                  metrics['viewers'], viewers,
                  json.dumps(metrics['video']) if metrics['video'] else None,
                  json.dumps(metrics['audio']) if metrics['audio'] else None,
