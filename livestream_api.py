@@ -80,7 +80,8 @@ log = logging.getLogger('livestream')
 
 class LivestreamError(Exception):
     """The base of every error this module raises on purpose (as bottle's
-    BottleException): ConfigError, DatabaseGone, ApiError, HookDenied, CannotListen."""
+    BottleException): ConfigError, DatabaseGone, NotAccepting, ApiError, HookDenied,
+    CannotListen."""
 
 
 ###############################################################################
@@ -243,6 +244,25 @@ CONFIG_KEYS = {
 }
 
 
+#: The keys of an [ingest.NAME] section, a node beside [ingest]'s `default`: key ->
+#: (parser, default as text). rtmp_url and hls_url are required; `kind` is an
+#: INGEST_KINDS name; `accepting` false: no channel is placed there (as a drain).
+NODE_KEYS = {
+    'kind': (str.strip, 'nginx-rtmp'),
+    'rtmp_url': (_url, ''),
+    'hls_url': (_url, ''),
+    'stat_url': (_url, ''),
+    'control_url': (_url, ''),
+    'api_url': (_url, ''),
+    'accepting': (_boolean, 'true'),
+}
+
+#: An ingest node's name ([ingest.NAME], `&node=NAME` in its hook URLs, `ingest` in the API).
+NODE_NAME = re.compile(r'^[a-z0-9-]{1,32}\Z')
+
+#: The node [ingest] configures.
+DEFAULT_NODE = 'default'
+
 #: LIVESTREAM_ variables that are not settings (the tests' and the tools'); any
 #: other LIVESTREAM_<SECTION>_<KEY> must name a setting, so a misspelling stops start-up.
 NON_CONFIG_VARIABLES = frozenset({'LIVESTREAM_E2E', 'LIVESTREAM_SRS_SOURCE',
@@ -254,9 +274,13 @@ def load_config(path=None, environ=None, overrides=None):
     `environ`, then `overrides` ({section: {key: text}}); validated."""
     raw = {section: {key: default for key, (_, default) in keys.items()}
            for section, keys in CONFIG_KEYS.items()}
+    nodes = {}  # node name -> {key: text} of its [ingest.NAME] section
     variables = {}  # (section, key) -> the environment variable that set it
 
     def put(section, key, value, origin):
+        if section.startswith('ingest.'):
+            put_node(section, key, value, origin)
+            return
         if section not in CONFIG_KEYS:
             raise ConfigError('%s: unknown section [%s] (sections: %s)'
                               % (origin, section, ', '.join(CONFIG_KEYS)))
@@ -264,6 +288,17 @@ def load_config(path=None, environ=None, overrides=None):
             raise ConfigError('%s: unknown key %r in [%s]' % (origin, key, section))
         raw[section][key] = str(value)
         variables.pop((section, key), None)
+
+    def put_node(section, key, value, origin):
+        name = section[len('ingest.'):]
+        if not NODE_NAME.match(name) or name == DEFAULT_NODE:
+            raise ConfigError('%s: [%s]: an ingest node name must be 1-32 characters of '
+                              'a-z 0-9 - (and not "default", which is [ingest])'
+                              % (origin, section))
+        if key not in NODE_KEYS:
+            raise ConfigError('%s: unknown key %r in [%s] (keys: %s)'
+                              % (origin, key, section, ', '.join(NODE_KEYS)))
+        nodes.setdefault(name, {})[key] = str(value)
 
     if path is not None:
         parser = ConfigParser(interpolation=None)
@@ -296,10 +331,36 @@ def load_config(path=None, environ=None, overrides=None):
                 value = '(not shown)' if key.endswith('secret') else repr(raw[section][key])
                 raise ConfigError('%s = %s: %s' % (
                     variables.get((section, key), '[%s] %s' % (section, key)), value, error))
-    if INGEST_KINDS[config['ingest']['kind']].polled and not config['ingest']['api_url']:
-        raise ConfigError('[ingest] kind = %s needs api_url: the API polls its streams and '
-                          'kicks its publishers there' % config['ingest']['kind'])
+    config['ingest_nodes'] = _node_settings(config['ingest'], nodes)
     return config
+
+
+def _node_settings(ingest, sections):
+    """{name: node settings}: `default` from [ingest], then one per [ingest.NAME]
+    section (`sections`: name -> {key: text}), in the file's order."""
+    nodes = {DEFAULT_NODE: {'name': DEFAULT_NODE, 'accepting': True, **{key: ingest[key] for key in (
+        'kind', 'rtmp_url', 'hls_url', 'stat_url', 'control_url', 'api_url')}}}
+    for name, given in sections.items():
+        node = {'name': name}
+        for key, (parse, default) in NODE_KEYS.items():
+            try:
+                node[key] = parse(given.get(key, default))
+            except ValueError as error:
+                raise ConfigError('[ingest.%s] %s = %r: %s' % (name, key, given[key], error))
+        for key in ('rtmp_url', 'hls_url'):
+            if not node[key]:
+                raise ConfigError('[ingest.%s] %s is required' % (name, key))
+        if node['kind'] not in INGEST_KINDS:
+            raise ConfigError('[ingest.%s] kind = %r: must be one of %s'
+                              % (name, node['kind'], ', '.join(INGEST_KINDS)))
+        nodes[name] = node
+    for name, node in nodes.items():
+        if INGEST_KINDS[node['kind']].polled and not node['api_url']:
+            raise ConfigError('[%s] kind = %s needs api_url: the API polls its streams and '
+                              'kicks its publishers there' % (
+                                  'ingest' if name == DEFAULT_NODE else 'ingest.' + name,
+                                  node['kind']))
+    return nodes
 
 
 ###############################################################################
@@ -322,9 +383,11 @@ def _schema_path():
 
 
 def _migrations():
-    """[(version, sql)] from the `-- migration: N` blocks of schema.sql, in order."""
+    """[(version, sql)] from the `-- migration: N` blocks of schema.sql, by number
+    (blocks written by different hands may land in the file out of order, and
+    migrate() skips any block numbered below the database's version)."""
     blocks = re.split(r'^-- migration: (\d+)\s*$', _schema_path().read_text(), flags=re.M)
-    return [(int(version), sql) for version, sql in zip(blocks[1::2], blocks[2::2])]
+    return sorted((int(version), sql) for version, sql in zip(blocks[1::2], blocks[2::2]))
 
 
 def write_private(path, text):
@@ -361,6 +424,10 @@ class DatabaseGone(sqlite3.DatabaseError, LivestreamError):
     """The database file was deleted or replaced under the running service."""
 
 
+class NotAccepting(LivestreamError):
+    """The ingest node asked for (or, for None, every node) takes no new channels."""
+
+
 #: How long a cached read may miss a change made outside livestream-api (by hand).
 READ_CACHE_SECONDS = 1.0
 
@@ -374,18 +441,27 @@ def _iso_sql(column):
     return "strftime('%Y-%m-%dT%H:%M:%SZ', CAST(" + column + " AS INTEGER), 'unixepoch')"
 
 
+def _node_url(column, node):
+    """SQL for a URL of the ingest node named by the expression `node`, from each
+    connection's temp.node_urls table; the default node's for a node no longer
+    configured (its channels are then served there)."""
+    return ("(SELECT %s FROM temp.node_urls WHERE name IN (%s, 'default') "
+            "ORDER BY name = 'default' LIMIT 1)" % (column, node))
+
+
 def _channel_object(admin):
     """SQL for a channel's API object (README "Objects") from a Store._CHANNEL_ROWS
-    row; the ingest URLs come from each connection's temp.ingest table."""
+    row: streamUrl is its node's, playback the node's it is live on, if another."""
+    playing = 'coalesce(live_ingest, ingest)'
     return (
         "json_object('id', public_id, 'userId', user_id, 'name', name, "
         "'description', description, 'metadata', json(metadata), "
         "'enabled', json(CASE WHEN enabled THEN 'true' ELSE 'false' END), 'status', status, "
-        "'streamUrl', (SELECT rtmp_url FROM temp.ingest), "
+        "'ingest', ingest, 'streamUrl', " + _node_url('rtmp_url', 'ingest') + ", "
         "'streamId', public_id || '?key=' || stream_key, "
         "'playback', json_object("
-        "'hls', (SELECT hls_url FROM temp.ingest) || '/' || public_id || '.m3u8', "
-        "'rtmp', (SELECT rtmp_url FROM temp.ingest) || '/' || public_id), "
+        "'hls', " + _node_url('hls_url', playing) + " || '/' || public_id || '.m3u8', "
+        "'rtmp', " + _node_url('rtmp_url', playing) + " || '/' || public_id), "
         "'reconnectWindowSeconds', reconnect_window, "
         "'liveSince', " + _iso_sql('live_since') + ", 'createdAt', " + _iso_sql('created_at')
         + ", 'updatedAt', " + _iso_sql('updated_at')
@@ -407,11 +483,14 @@ class Store:
     """The SQLite database: one connection per thread, kept open; writes are
     serialized by a lock in this process and BEGIN IMMEDIATE across processes."""
 
-    def __init__(self, path, rtmp_url, hls_url, replicated=False):
+    def __init__(self, path, nodes, replicated=False):
         self.path = str(path)
         #: Litestream replicates the WAL ([database] replicated): it owns checkpoints.
         self.replicated = replicated
-        self._urls = (rtmp_url, hls_url)  # for channel objects (CHANNEL_OBJECT)
+        # (name, position, rtmp_url, hls_url, accepting as configured) of each ingest
+        # node, for channel objects (CHANNEL_OBJECT) and placement (temp.node_urls).
+        self._nodes = [(node['name'], position, node['rtmp_url'], node['hls_url'],
+                        node['accepting']) for position, node in enumerate(nodes.values())]
         self._local = threading.local()
         self._connections = []
         self._connections_lock = threading.Lock()
@@ -467,8 +546,9 @@ class Store:
             # (transaction(durable=False) relaxes it for ingest heartbeats).
             conn.executescript('PRAGMA journal_mode = WAL; PRAGMA foreign_keys = ON;'
                                'PRAGMA busy_timeout = 10000; PRAGMA synchronous = FULL;')
-            conn.execute('CREATE TEMP TABLE ingest AS SELECT ? AS rtmp_url, ? AS hls_url',
-                         self._urls)
+            conn.execute('CREATE TEMP TABLE node_urls (name TEXT PRIMARY KEY, position INTEGER, '
+                         'rtmp_url TEXT, hls_url TEXT, accepting INTEGER)')
+            conn.executemany('INSERT INTO temp.node_urls VALUES (?, ?, ?, ?, ?)', self._nodes)
         except BaseException:
             conn.close()
             raise
@@ -862,6 +942,7 @@ class Store:
     #: when it went live and its status.
     _CHANNEL_ROWS = (
         'SELECT c.*, u.user_id, cl.public_id AS client_public_id, s.started_at AS live_since, '
+        's.ingest AS live_ingest, '
         "CASE WHEN NOT c.enabled THEN 'disabled' WHEN c.live_session_id IS NOT NULL "
         "THEN 'live' ELSE 'idle' END AS status "
         'FROM channels c ' + _LIVE_OWNERS + 'LEFT JOIN sessions s ON s.id = c.live_session_id ')
@@ -954,23 +1035,25 @@ class Store:
                                                  + [after, limit + 1]), channels=True))
 
     def create_channel(self, client_pk, user_id, fields, defaults, now):
-        """Insert a channel for the user (created with `defaults` if new).
-        (channel, None); (None, (limit name, value)) past maxChannels; (None, None)
-        if the client was deleted meanwhile."""
+        """Insert a channel for the user (created with `defaults` if new), on the node
+        fields['ingest'] names, else on the one place() picks. (channel, None); (None,
+        (limit name, value)) past maxChannels; (None, None) if the client was deleted
+        meanwhile; NotAccepting if the node (or every node) takes no new channels."""
         public_id = new_public_id()
         with self.transaction() as db:
+            ingest = self._place(db, fields.get('ingest'))
             user_pk, _ = self._ensure_user(db, client_pk, user_id, defaults, now)
             if user_pk is None:
                 return None, None
             # The limit check and the insert are one statement: no row past the limit.
             inserted = db.execute(
                 'INSERT INTO channels (public_id, client_id, user_pk, name, description, '
-                'metadata, enabled, stream_key, reconnect_window, created_at, updated_at) '
-                'SELECT ?, ?, id, ?, ?, ?, 1, ?, ?, ?, ? FROM users '
+                'metadata, enabled, stream_key, reconnect_window, created_at, updated_at, '
+                'ingest) SELECT ?, ?, id, ?, ?, ?, 1, ?, ?, ?, ?, ? FROM users '
                 'WHERE id = ? AND (max_channels IS NULL OR channels < max_channels)',
                 (public_id, client_pk, fields['name'], fields.get('description', ''),
                  json.dumps(fields.get('metadata', {})), new_stream_key(),
-                 fields.get('reconnect_window'), now, now, user_pk)).rowcount
+                 fields.get('reconnect_window'), now, now, ingest, user_pk)).rowcount
             if not inserted:
                 limit = ('maxChannels', db.execute(
                     'SELECT max_channels FROM users WHERE id = ?', (user_pk,)).fetchone()[0])
@@ -981,6 +1064,42 @@ class Store:
             self._event(db, 'channel.created', now, channel_pk=db.execute(
                 'SELECT id FROM channels WHERE public_id = ?', (public_id,)).fetchone()[0])
         return self.channel(client_pk, public_id), None
+
+    def _place(self, db, wanted=None):
+        """The node a new channel goes on: `wanted` if it is accepting, else the
+        accepting node with the fewest live streams, then the fewest channels, then
+        the first configured. Read in the inserting transaction, so two creations
+        at once count each other."""
+        row = db.execute(
+            'SELECT n.name FROM temp.node_urls n LEFT JOIN ingest_nodes i ON i.name = n.name '
+            'WHERE coalesce(i.accepting, n.accepting) AND coalesce(n.name = ?, 1) ORDER BY '
+            '(SELECT count(*) FROM sessions WHERE ended_at IS NULL AND ingest = n.name), '
+            'coalesce(i.channels, 0), n.position LIMIT 1', (wanted,)).fetchone()
+        if row is None:
+            raise NotAccepting(wanted)
+        return row[0]
+
+    def set_accepting(self, name, accepting):
+        """Persist whether the node takes new channels (PATCH /v1/ingest/{name})."""
+        with self.transaction(channels=False) as db:
+            db.execute('INSERT INTO ingest_nodes (name, accepting) VALUES (?, ?) '
+                       'ON CONFLICT (name) DO UPDATE SET accepting = excluded.accepting',
+                       (name, accepting))
+
+    def ingest_nodes(self):
+        """Each configured node's name and whether it takes new channels (as PATCHed,
+        else as configured), and its open sessions: (nodes, [(ingest, channel public
+        id, bitrate_kbps, RTMP viewers)]), read in one snapshot."""
+        with self.snapshot() as db:
+            nodes = db.execute(
+                'SELECT n.name, coalesce(i.accepting, n.accepting) AS accepting '
+                'FROM temp.node_urls n LEFT JOIN ingest_nodes i ON i.name = n.name '
+                'ORDER BY n.position').fetchall()
+            live = db.execute(
+                'SELECT s.ingest, c.public_id, s.bitrate_kbps, s.viewers FROM sessions s '
+                'JOIN channels c ON c.live_session_id = s.id WHERE s.ended_at IS NULL'
+            ).fetchall()
+        return nodes, live
 
     def update_channel(self, channel_pk, fields, now, reason=None):
         """Change a channel's fields (stream_key among them); its live session, if
@@ -1026,7 +1145,7 @@ class Store:
         connection), so that their publishers can be kicked (Service.kick)."""
         ended = db.execute(
             'SELECT c.public_id AS channel_id, s.public_id AS session_id, '
-            's.ingest_client AS connection, c.id AS channel_pk, s.id AS session_pk '
+            's.ingest_client AS connection, s.ingest, c.id AS channel_pk, s.id AS session_pk '
             'FROM (SELECT id, public_id, live_session_id '
             'FROM channels WHERE live_session_id IS NOT NULL AND %s) c '
             'JOIN sessions s ON s.id = c.live_session_id' % channel_filter, args).fetchall()
@@ -1129,9 +1248,11 @@ class Store:
         return self.db.execute('SELECT * FROM sessions WHERE channel_id = ? AND ingest_client = ? '
                                'ORDER BY id DESC LIMIT 1', (channel_pk, connection)).fetchone()
 
-    def start_session(self, public_id, decide, connection, addr, now, stale_cutoff):
-        """Open a session for a publish if decide(row) (decide_publish over this read)
-        allows it, under the write lock so two publishes cannot both pass a limit.
+    def start_session(self, public_id, decide, connection, addr, now, stale_cutoff,
+                      ingest=DEFAULT_NODE):
+        """Open a session on node `ingest` for a publish if decide(row) (decide_publish
+        over this read) allows it, in one BEGIN IMMEDIATE transaction, so two publishes
+        (on any nodes, in any processes) cannot both pass a limit.
         Returns (the session's public id, None) or (None, why not)."""
         with self.transaction() as db:
             channel = db.execute(
@@ -1169,16 +1290,17 @@ class Store:
             session_id = new_public_id()
             session_pk = db.execute(
                 'INSERT INTO sessions (public_id, channel_id, ingest_client, addr, started_at, '
-                'last_seen_at) VALUES (?, ?, ?, ?, ?, ?)',
-                (session_id, channel['id'], connection, addr, now, now)).lastrowid
+                'last_seen_at, ingest) VALUES (?, ?, ?, ?, ?, ?, ?)',
+                (session_id, channel['id'], connection, addr, now, now, ingest)).lastrowid
             db.execute('UPDATE channels SET live_session_id = ? WHERE id = ?',
                        (session_pk, channel['id']))
             self._event(db, 'channel.live', now, session_pk=session_pk)
         return session_id, None
 
     def record_sample(self, session_pk, now, metrics):
-        """Refresh an open session's last-seen time and, if measured, its metrics; one that
-        ended meanwhile keeps the figures its channel's totals took (session_ended)."""
+        """Refresh an open session's last-seen time and, if measured, its metrics (as of
+        metrics['measuredAt'], the stats reading's time, else now); one that ended
+        meanwhile keeps the figures its channel's totals took (session_ended)."""
         with self.transaction(durable=False, channels=False) as db:
             if metrics is None:
                 db.execute('UPDATE sessions SET last_seen_at = ? WHERE id = ? '
@@ -1187,6 +1309,7 @@ class Store:
             # sessions.viewers is RTMP's (play hooks move it); the peak counts HLS too.
             hls = metrics.get('viewersHls', 0)
             viewers = None if metrics['viewers'] is None else metrics['viewers'] + hls
+            measured_at = metrics.get('measuredAt', now)
             updated = db.execute(
                 'UPDATE sessions SET last_seen_at = ?, sampled_at = ?, '
                 'bytes_in = max(bytes_in, ?), '
@@ -1194,7 +1317,8 @@ class Store:
                 'viewers = ?, peak_viewers = max(peak_viewers, coalesce(?, 0)), '
                 'video = coalesce(?, video), audio = coalesce(?, audio) '
                 'WHERE id = ? AND ended_at IS NULL',
-                (now, now, metrics['bytesIn'], metrics['bitrateKbps'], metrics['bitrateKbps'],
+                (now, measured_at, metrics['bytesIn'], metrics['bitrateKbps'],
+                 metrics['bitrateKbps'],
                  metrics['viewers'], viewers,
                  json.dumps(metrics['video']) if metrics['video'] else None,
                  json.dumps(metrics['audio']) if metrics['audio'] else None,
@@ -1202,7 +1326,7 @@ class Store:
             if updated:
                 db.execute('INSERT INTO session_samples (session_id, at, bitrate_kbps, '
                            'bytes_in, viewers, viewers_hls) VALUES (?, ?, ?, ?, ?, ?)',
-                           (session_pk, now, metrics['bitrateKbps'], metrics['bytesIn'],
+                           (session_pk, measured_at, metrics['bitrateKbps'], metrics['bytesIn'],
                             viewers, hls))
 
     def add_viewer(self, public_id, delta):
@@ -1922,6 +2046,9 @@ def check_channel_field(name, value):
     if name == 'userId':
         return (value, None) if isinstance(value, str) and USER_ID.match(value) else (
             None, 'must be 1-64 characters of A-Z a-z 0-9 _ . -')
+    if name == 'ingest':
+        return (value, None) if isinstance(value, str) and NODE_NAME.match(value) else (
+            None, 'must be the name of an ingest node')
     return None, 'unknown field'
 
 
@@ -2073,7 +2200,7 @@ def session_json(row, now):
     average = round(row['bytes_in'] * 8 / 1000 / duration, 1) if duration else 0
     peak = row['peak_bitrate_kbps']
     return {
-        'id': row['public_id'], 'channelId': row['channel_public_id'],
+        'id': row['public_id'], 'channelId': row['channel_public_id'], 'ingest': row['ingest'],
         'startedAt': iso(row['started_at']), 'endedAt': iso(row['ended_at']),
         'durationSeconds': round(duration), 'bytesIn': row['bytes_in'],
         'avgBitrateKbps': average,
@@ -2101,13 +2228,17 @@ def sample_json(row):
 # An ingest kind (nginx-rtmp today) is one small class: it turns its hook request
 # into a neutral IngestEvent, parses its stats into {stream name: metrics}, drops a
 # publisher, and writes its config. Sessions, limits and viewers see only events.
+# An ingest node (a server: [ingest] or [ingest.NAME]) is an instance of its kind's
+# class, with a StatsPoller and a Kicker of its own; nothing else is per kind.
 
 #: A hook call in the API's words. `what`: publish, update, done, play or stop (None:
 #: a call the node makes that is acknowledged and ignored); `said`: the node's own
 #: name for the call (for logs); `connection`: the stream's connection at the node,
 #: unique among its publishers; `addr`: the encoder's address; `name`: the stream
-#: name (a channel id); `key`: the stream key it gave.
-IngestEvent = collections.namedtuple('IngestEvent', 'what said connection addr name key')
+#: name (a channel id); `key`: the stream key it gave; `node`: the node that called
+#: (set by the hook route from its URL's `node=`).
+IngestEvent = collections.namedtuple('IngestEvent', 'what said connection addr name key node',
+                                     defaults=(DEFAULT_NODE,))
 
 #: Every ingest kind by name: each is served its hook at POST /v1/hooks/<kind>.
 INGEST_KINDS = {}
@@ -2120,7 +2251,8 @@ def ingest_kind(cls):
 
 
 class IngestNode:
-    """One kind of ingest server, as the API sees it; a subclass per kind says how."""
+    """One kind of ingest server, as the API sees it; a subclass per kind says how.
+    An instance is one node: config['ingest_nodes'][name] are its settings."""
 
     kind = None
     #: Whether the node never re-asks the API while a stream is live: then a poll of
@@ -2131,8 +2263,9 @@ class IngestNode:
     #: each served at POST /v1/hooks/<kind>/<name>.
     extra_hooks = {}
 
-    def __init__(self, config):
-        self.config = config
+    def __init__(self, config, name=DEFAULT_NODE):
+        self.config, self.name = config, name
+        self.settings = config['ingest_nodes'][name]
 
     def event(self, request):
         """The IngestEvent a hook request carries; ApiError (400) when it is none."""
@@ -2146,14 +2279,32 @@ class IngestNode:
         """What a hook call refused with `error` (an ApiError) answers the node."""
         return error
 
-    def parse_stats(self, body):
-        """{stream name: metrics} from the bytes its stats URL answered."""
+    @property
+    def hook_node(self):
+        """The node its hook URLs name: none for `default`, so existing configs stay right."""
+        return None if self.name == DEFAULT_NODE else self.name
+
+    @property
+    def stats_url(self):
+        """Where its statistics are read: stat_url, or a polled kind's api_url."""
+        return self.settings['api_url' if self.polled else 'stat_url']
+
+    @property
+    def control_url(self):
+        """Where its publishers are dropped: control_url, or a polled kind's api_url."""
+        return self.settings['api_url' if self.polled else 'control_url']
+
+    def parse_stats(self, answer):
+        """{stream name: metrics} from its stats URL's answer, a binary file read
+        as it arrives (so a large answer costs bounded memory)."""
         raise NotImplementedError
 
-    def stats(self, url, timeout):
-        """{stream name: metrics} as the node at `url` answers now; raises on any failure.
-        Metrics may name the stream's `connection` as its hooks do (Service.observe)."""
-        return self.parse_stats(read_url(url, timeout))
+    def stats(self, url, timeout, deadline):
+        """{stream name: metrics} as the node at `url` answers now, read by `deadline`
+        (time.monotonic()); raises on any failure. Metrics may name the stream's
+        `connection` as its hooks do (Service.observe)."""
+        with urllib.request.urlopen(url, timeout=timeout) as answer:
+            return self.parse_stats(_BoundedAnswer(answer, deadline, MAX_STATS_BYTES))
 
     def drop(self, url, session, timeout):
         """Have the node whose control is at `url` drop this session's publisher (a
@@ -2203,10 +2354,22 @@ def _number(element, path, kind=int):
         return None
 
 
-def parse_rtmp_stat(xml_bytes):
-    """{stream name: metrics} from `rtmp_stat all` XML."""
+def parse_rtmp_stat(source):
+    """{stream name: metrics} from `rtmp_stat all` XML (a binary file, or a path),
+    parsed as it is read: each <stream> is dropped from the tree once read, so
+    memory holds one stream's elements, not thousands."""
     streams = {}
-    for stream in ElementTree.fromstring(xml_bytes).iter('stream'):
+    parents = []
+    for event, element in ElementTree.iterparse(source, events=('start', 'end')):
+        if event == 'start':
+            parents.append(element)
+            continue
+        parents.pop()
+        if element.tag != 'stream':
+            continue
+        stream = element
+        if parents:
+            parents[-1].remove(stream)
         name = stream.findtext('name')
         if not name:
             continue
@@ -2229,9 +2392,9 @@ def parse_rtmp_stat(xml_bytes):
 
 
 
-def rtmp_app(config):
+def rtmp_app(rtmp_url):
     """The RTMP application streams are published to: the last segment of rtmp_url."""
-    return config['ingest']['rtmp_url'].rsplit('/', 1)[-1] or 'live'
+    return rtmp_url.rsplit('/', 1)[-1] or 'live'
 
 
 def _form_fields(body):
@@ -2283,11 +2446,11 @@ class NginxRtmp(IngestNode):
             request.environ.get('REMOTE_ADDR'), form.get('clientid', '')),
             form.get('addr', ''), form.get('name', ''), form.get('key', ''))
 
-    def parse_stats(self, body):
-        return parse_rtmp_stat(body)
+    def parse_stats(self, answer):
+        return parse_rtmp_stat(answer)
 
     def drop(self, url, session, timeout):
-        query = {'app': rtmp_app(self.config), 'name': session['channel_id']}
+        query = {'app': rtmp_app(self.settings['rtmp_url']), 'name': session['channel_id']}
         clientid = session['connection'].rpartition('/')[2]
         if clientid:  # that connection only: not the encoder reconnecting with a new key
             query['clientid'] = clientid
@@ -2297,11 +2460,12 @@ class NginxRtmp(IngestNode):
 
     def conf(self, hook_secret, rtmp_port, http_port, prefix, http_host='127.0.0.1'):
         """A complete nginx.conf whose rtmp application calls this API's hooks (on the
-        hook listener, else on the API's port)."""
-        hook = hook_url(self.config, self.kind, hook_secret)
+        hook listener, else on the API's port), naming this node in them."""
+        hook = hook_url(self.config, self.kind, hook_secret, self.hook_node)
         return _data_path('nginx.conf.template').read_text().format(
             prefix=os.path.abspath(prefix), module=NGINX_RTMP_MODULE, rtmp_port=rtmp_port,
-            http_port=http_port, http_host=http_host, app=rtmp_app(self.config), hook=hook,
+            http_port=http_port, http_host=http_host,
+            app=rtmp_app(self.settings['rtmp_url']), hook=hook,
             update_interval=self.config['ingest']['update_interval'],
             hls_access_log=self._hls_access_log())
 
@@ -2430,7 +2594,7 @@ class Srs(IngestNode):
             }
         return streams
 
-    def stats(self, url, timeout):
+    def stats(self, url, timeout, deadline=None):
         streams, start = {}, 0
         while True:
             # The trailing slash: without it SRS answers a redirect.
@@ -2457,7 +2621,8 @@ class Srs(IngestNode):
         """A complete srs.conf whose hooks call this API (secret and node in the URL)."""
         return _data_path('srs.conf.template').read_text().format(
             prefix=os.path.abspath(prefix), rtmp_port=rtmp_port, http_port=http_port,
-            api_port=api_port, hook=hook_url(self.config, self.kind, hook_secret, node))
+            api_port=api_port,
+            hook=hook_url(self.config, self.kind, hook_secret, node or self.hook_node))
 
 
 @ingest_kind
@@ -2491,7 +2656,7 @@ class MediaMtx(IngestNode):
     def _stream_name(self, path):
         """The channel id a path `<app>/<id>` names ('' for any other path)."""
         app, _, name = path.lstrip('/').partition('/')
-        return name if app == rtmp_app(self.config) else ''
+        return name if app == rtmp_app(self.settings['rtmp_url']) else ''
 
     def event(self, request):
         body = _json_hook_body(request)
@@ -2563,7 +2728,7 @@ class MediaMtx(IngestNode):
                          'channels': props.get('channelCount')}
         return video, audio
 
-    def stats(self, url, timeout):
+    def stats(self, url, timeout, deadline=None):
         streams, page = {}, 0
         while True:
             answer = _json_answer('%s/v3/paths/list?itemsPerPage=%d&page=%d' % (
@@ -2592,72 +2757,100 @@ class MediaMtx(IngestNode):
         """A mediamtx.yml whose auth and runOnUnavailable call this API (secret and
         node in the URLs), its API on loopback."""
         return _data_path('mediamtx.yml.template').read_text().format(
-            rtmp_port=rtmp_port, api_port=api_port, app=rtmp_app(self.config),
-            hook=hook_url(self.config, self.kind, hook_secret, node),
-            unavailable=hook_url(self.config, self.kind, hook_secret, node, 'unavailable'))
+            rtmp_port=rtmp_port, api_port=api_port, app=rtmp_app(self.settings['rtmp_url']),
+            hook=hook_url(self.config, self.kind, hook_secret, node or self.hook_node),
+            unavailable=hook_url(self.config, self.kind, hook_secret, node or self.hook_node,
+                                 'unavailable'))
 
 
 # Polling stats and kicking publishers, for a node of any kind #################
 
-class IngestStats:
-    """The ingest's statistics (parsed by `parse`, its node's parse_stats), fetched at
-    most once per `max_age` seconds with a short timeout, so a slow or dead stat URL
-    never holds a hook for long."""
+#: The most bytes a stats answer may have (2,000 nginx-rtmp streams are ~3 MiB).
+MAX_STATS_BYTES = 64 * 1024 * 1024
 
-    def __init__(self, url, parse, clock, timeout=0.5, max_age=1.0):
-        self.url, self.parse, self.timeout, self.max_age = url, parse, timeout, max_age
-        self.clock = clock
-        self._lock = threading.Lock()
-        self._snapshot = None
-        self._fetching, self._fetch_started = None, None
 
-    def snapshot(self, max_age=None):
-        """{url, reachable, streams: {name: metrics}}, at most `max_age` (default: the
-        instance's) seconds old; reachable False on any failure and while the stat
-        URL has not answered within `timeout`. The fetch runs in
-        a background thread, one at a time: a URL that trickles or hangs (which a
-        socket timeout alone does not bound) costs a caller at most `timeout`."""
+class _BoundedAnswer:
+    """A stats answer read as a binary file that fails once it is over `max_bytes` or
+    past `deadline` (time.monotonic()): a socket timeout alone does not bound an
+    answer that trickles."""
+
+    def __init__(self, answer, deadline, max_bytes):
+        self.answer, self.deadline, self.left = answer, deadline, max_bytes
+
+    def read(self, size=-1):
+        if time.monotonic() > self.deadline:
+            raise TimeoutError('the answer took too long')
+        chunk = self.answer.read1(size if size > 0 else 64 * 1024)
+        self.left -= len(chunk)
+        if self.left < 0:
+            raise ValueError('the answer is too large')
+        return chunk
+
+
+class StatsPoller:
+    """One node's statistics: its stats URL read every `interval` seconds by a daemon
+    thread (start/stop), or by poll_once(). Hooks and reads take `snapshot`, the
+    latest reading, and never wait for the node. A node that never re-asks the API
+    (a polled kind) has each reading handed to `observe` (Service.observe), which
+    keeps its sessions fresh and cuts what may no longer be on air."""
+
+    def __init__(self, node, interval, clock, timeout=2.0, observe=None):
+        self.node, self.url = node, node.stats_url
+        self.interval, self.clock, self.timeout = interval, clock, timeout
+        self.observe = observe if node.polled else None
+        #: {url, reachable, streams: {name: metrics}, at: the service clock's time it
+        #: was taken (None: not yet), took: seconds the reading took}.
+        self.snapshot = {'url': self.url or None, 'reachable': False, 'streams': {},
+                         'at': None, 'took': None}
+        self._stopping = threading.Event()
+        self._thread = None
+
+    def poll_once(self):
+        """Read and parse the stats URL now (within `interval`, at most 10 timeouts);
+        the new snapshot, unreachable on any failure."""
         if not self.url:
-            return {'url': None, 'reachable': False, 'streams': {}}
-        snapshot = self._snapshot
-        if snapshot and self.clock() - snapshot['at'] < (
-                self.max_age if max_age is None else max_age):
-            return snapshot
-        with self._lock:
-            if self._fetching is None:
-                self._fetch_started = time.monotonic()
-                self._fetching = threading.Thread(target=self._fetch, name='ingest-stat',
-                                                  daemon=True)
-                self._fetching.start()
-            fetching, started = self._fetching, self._fetch_started
-        fetching.join(max(0.0, started + self.timeout - time.monotonic()))
-        snapshot = self._snapshot
-        if snapshot and snapshot['fetched'] >= started:
-            return snapshot
-        return {'url': self.url, 'reachable': False, 'streams': {}, 'at': self.clock(),
-                'fetched': started}
-
-    def _fetch(self):
-        """Fetch and parse the stat XML (at most 8 MiB, within 10 timeouts in all)."""
-        deadline = time.monotonic() + 10 * self.timeout
+            return self.snapshot
+        started = time.monotonic()
         try:
-            with urllib.request.urlopen(self.url, timeout=self.timeout) as answer:
-                body = b''
-                while len(body) < 8 * 1024 * 1024:
-                    chunk = answer.read(64 * 1024)
-                    if not chunk:
-                        break
-                    body += chunk
-                    if time.monotonic() > deadline:
-                        raise TimeoutError('the answer took over %g s' % (10 * self.timeout))
-            streams, reachable = self.parse(body), True
-        except Exception as error:  # a background fetch: any failure means unreachable
-            log.warning('ingest statistics unavailable from %s: %s', self.url, error)
+            streams, reachable = self.node.stats(
+                self.url, self.timeout, started + min(self.interval, 10 * self.timeout)), True
+        except Exception as error:  # a background reading: any failure means unreachable
+            if self.snapshot['reachable'] or self.snapshot['at'] is None:
+                log.warning('ingest node %s unreachable: no statistics from %s: %s',
+                            self.node.name, self.url, error)
             streams, reachable = {}, False
-        self._snapshot = {'url': self.url, 'reachable': reachable, 'streams': streams,
-                          'at': self.clock(), 'fetched': time.monotonic()}
-        with self._lock:
-            self._fetching = None
+        snapshot = {'url': self.url, 'reachable': reachable, 'streams': streams,
+                    'at': self.clock(), 'took': time.monotonic() - started}
+        if self.observe:
+            # The rates measured where the node gives none (MediaMTX), or none yet
+            # (SRS's first 30 s), so that the node's statistics show them too.
+            rates = self.observe(self.node.name, snapshot, snapshot['at'])
+            snapshot['streams'] = {name: dict(metrics, bitrateKbps=rates.get(
+                name, metrics['bitrateKbps'])) for name, metrics in streams.items()}
+        self.snapshot = snapshot
+        return snapshot
+
+    def start(self):
+        if self.url and self._thread is None:
+            self._stopping.clear()
+            self._thread = threading.Thread(target=self._run, daemon=True,
+                                            name='%s-poller' % self.node.name)
+            self._thread.start()
+
+    def stop(self, timeout=5.0):
+        if self._thread is not None:
+            self._stopping.set()
+            self._thread.join(timeout)
+            self._thread = None
+
+    def _run(self):
+        while not self._stopping.is_set():
+            began = time.monotonic()
+            try:
+                self.poll_once()
+            except Exception:  # observing it failed (the database, say): the next poll tries
+                log.exception('ingest node %s: observing a reading failed', self.node.name)
+            self._stopping.wait(max(0.0, began + self.interval - time.monotonic()))
 
 
 class Kicker:
@@ -2692,7 +2885,7 @@ class Kicker:
 
     def start(self):
         if self._thread is None:
-            self._thread = threading.Thread(target=self._run, name='%s-kicker' % self.node.kind,
+            self._thread = threading.Thread(target=self._run, name='%s-kicker' % self.node.name,
                                             daemon=True)
             self._thread.start()
 
@@ -2727,69 +2920,6 @@ class Kicker:
         log.warning('could not kick the publisher of channel %s (session %s) at %s: %s; '
                     'it is dropped at its next update hook', session['channel_id'],
                     session['session_id'], self.url, error)
-
-
-class Poller:
-    """Polls one node's HTTP API every `interval` seconds (a daemon thread: start/stop;
-    tests call run_once) and hands each snapshot to Service.observe. Its last snapshot
-    is the node's statistics (snapshot(), as IngestStats's)."""
-
-    def __init__(self, svc, node, url, interval, clock, timeout=2.0):
-        self.svc, self.node, self.url, self.interval = svc, node, url, interval
-        self.clock, self.timeout = clock, timeout
-        self._snapshot = None
-        self._stopping = threading.Event()
-        self._thread = None
-
-    def snapshot(self, max_age=None):
-        """{url, reachable, streams: {name: metrics}, at}: the last poll's, with no
-        streams before the first poll or when older than `max_age` seconds."""
-        snapshot = self._snapshot
-        if snapshot is None or (max_age is not None and self.clock() - snapshot['at'] > max_age):
-            return {'url': self.url, 'reachable': bool(snapshot and snapshot['reachable']),
-                    'streams': {}, 'at': self.clock()}
-        return snapshot
-
-    def run_once(self, now=None):
-        """Poll now, and observe what the node answered; the snapshot."""
-        try:
-            streams, reachable = self.node.stats(self.url, self.timeout), True
-        except Exception as error:  # any failure means unreachable: said once, not per poll
-            if self._snapshot is None or self._snapshot['reachable']:
-                log.warning('ingest %s unreachable at %s: %s', self.node.kind, self.url, error)
-            streams, reachable = {}, False
-        else:
-            if self._snapshot is not None and not self._snapshot['reachable']:
-                log.info('ingest %s reachable again at %s', self.node.kind, self.url)
-        now = self.clock() if now is None else now
-        snapshot = {'url': self.url, 'reachable': reachable, 'streams': streams, 'at': now}
-        # The rates measured where the node gives none (MediaMTX), or none yet (SRS's
-        # first 30 s), so that the node's statistics show them too.
-        measured_rates = self.svc.observe(self.node.kind, snapshot, now)
-        self._snapshot = dict(snapshot, streams={
-            name: dict(metrics, bitrateKbps=measured_rates.get(name, metrics['bitrateKbps']))
-            for name, metrics in streams.items()})
-        return self._snapshot
-
-    def start(self):
-        if self._thread is None:
-            self._thread = threading.Thread(target=self._run, daemon=True,
-                                            name='%s-poller' % self.node.kind)
-            self._thread.start()
-
-    def stop(self):
-        self._stopping.set()
-        if self._thread is not None:
-            self._thread.join(5 * self.timeout)
-            self._thread = None
-
-    def _run(self):
-        while not self._stopping.is_set():
-            try:
-                self.run_once()
-            except Exception:  # the database, say: logged, and the next poll tries again
-                log.exception('ingest %s: observing a poll failed', self.node.kind)
-            self._stopping.wait(self.interval)
 
 
 ###############################################################################
@@ -3013,25 +3143,25 @@ class Service:
 
     def __init__(self, config, clock):
         self.config, self.clock = config, clock
-        self.store = Store(config['database']['path'], config['ingest']['rtmp_url'],
-                           config['ingest']['hls_url'], config['database']['replicated'])
+        self.store = Store(config['database']['path'], config['ingest_nodes'],
+                           config['database']['replicated'])
         self.throttle = Throttle(config['auth']['throttle_failures'],
                                  config['auth']['throttle_seconds'])
-        #: An adapter of each ingest kind, for its hook; `node` is the one the
-        #: [ingest] URLs point at, whose stats are polled and publishers kicked.
-        self.nodes = {kind: adapter(config) for kind, adapter in INGEST_KINDS.items()}
-        self.node = self.nodes[config['ingest']['kind']]
-        if self.node.polled:
-            #: Polls the node's API ([ingest] api_url), which keeps its sessions fresh.
-            self.poller = Poller(self, self.node, config['ingest']['api_url'],
-                                 config['ingest']['update_interval'], clock)
-            self.ingest, control_url = self.poller, config['ingest']['api_url']
-        else:
-            self.poller = None
-            self.ingest = IngestStats(config['ingest']['stat_url'], self.node.parse_stats, clock)
-            control_url = config['ingest']['control_url']
-        #: Drops the publisher of a session the API ends (None: [ingest] control_url empty).
-        self.kicker = Kicker(self.node, control_url) if control_url else None
+        #: An adapter of each ingest kind, reading the hook calls to /v1/hooks/<kind>.
+        self.kinds = {kind: adapter(config) for kind, adapter in INGEST_KINDS.items()}
+        #: Each ingest node by name (`default`: [ingest]; then [ingest.NAME]'s).
+        self.nodes = {name: INGEST_KINDS[node['kind']](config, name)
+                      for name, node in config['ingest_nodes'].items()}
+        interval = config['ingest']['update_interval']
+        #: Each node's statistics, read in the background (StatsPoller); a polled
+        #: kind's readings are observed (Service.observe), since it never re-asks.
+        self.pollers = {name: StatsPoller(node, interval, clock, min(2.0, interval),
+                                          self.observe)
+                        for name, node in self.nodes.items()}
+        #: Drop the publisher of a session the API ends, at its node (a node whose
+        #: control URL is empty has none).
+        self.kickers = {name: Kicker(node, node.control_url)
+                        for name, node in self.nodes.items() if node.control_url}
         self.purger = Purger(self.store, clock, config['ingest']['sample_retention_days'],
                              config['ingest']['history_days'])
         self.viewers = ViewerCounter(config['ingest']['viewer_window'])
@@ -3081,30 +3211,30 @@ class Service:
         self.logins.clear()
 
     def kick(self, ended):
-        """Have the ingest drop the publishers of sessions just ended (after their
-        commit): at once, where a kicker is configured, not at their next update."""
-        if self.kicker and ended:
-            self.kicker.kick(ended)
+        """Have each session's node drop the publishers of sessions just ended (after
+        their commit): at once, where it has a kicker, not at their next update."""
+        for session in ended:
+            kicker = self.kickers.get(session['ingest'])
+            if kicker:
+                kicker.kick([session])
 
     def start(self):
         """Start the background workers (serve owns their lifetimes)."""
         self.purger.start()
         self.deliverer.start()
-        if self.kicker:
-            self.kicker.start()
+        for worker in list(self.kickers.values()) + list(self.pollers.values()):
+            worker.start()
         if self.viewer_log:
             self.viewer_log.start()
-        if self.poller:
-            self.poller.start()
 
     def stop(self):
         """Finish what the background workers have queued, and stop them."""
-        if self.poller:
-            self.poller.stop()
+        for worker in self.pollers.values():  # first: a poll may queue kicks
+            worker.stop()
         self.purger.stop()
         self.deliverer.stop()
-        if self.kicker:
-            self.kicker.stop()
+        for worker in self.kickers.values():
+            worker.stop()
         if self.viewer_log:
             self.viewer_log.stop()
 
@@ -3126,7 +3256,8 @@ class Service:
     def _observe_stream(self, node, name, metrics, now):
         live = self.store.ingest_channel(name)
         # A node that does not name its publishers (nginx-rtmp): the open session is its.
-        connection = metrics.get('connection') or (live and live['connection']) or ''
+        connection = node_connection(node, metrics.get('connection')) or \
+            (live and live['connection']) or ''
         action, why = decide_update(live, connection)
         session_id = live and live['session_id']
         if action == 'orphan':
@@ -3137,9 +3268,9 @@ class Service:
         if action != 'keep':
             log.warning('%s: kicking the publisher of channel %s: %s', node, name, why)
             self.kick([{'channel_id': name, 'session_id': session_id or '-',
-                        'connection': connection}])
+                        'connection': connection, 'ingest': node}])
             return None
-        figures = measured(self, name, metrics, live, now)
+        figures = measured(self, name, metrics, live, now, now)
         self.store.record_sample(live['live_session_id'], now, figures)
         over = decide_limits(live, now, figures['bitrateKbps'])
         if over:
@@ -3148,7 +3279,7 @@ class Service:
                                    limit=(limit, live[LIMIT_COLUMNS[limit]]))
             log.warning('%s: channel %s passed %s: kicking its publisher', node, name, over)
             self.kick([{'channel_id': name, 'session_id': session_id,
-                        'connection': connection}])
+                        'connection': connection, 'ingest': node}])
         return figures['bitrateKbps']
 
     @property
@@ -3378,13 +3509,20 @@ def create_channel():
     client_pk = owner()
     query({'clientId'})
     fields = check_channel_fields(read_json(max_body()),
-                                  ('userId', 'name', 'description', 'metadata',
+                                  ('userId', 'name', 'description', 'metadata', 'ingest',
                                    'reconnectWindowSeconds'), required=('userId', 'name'))
     if 'reconnectWindowSeconds' in fields:
         fields['reconnect_window'] = fields.pop('reconnectWindowSeconds')
     svc = service()
-    channel, limit = svc.store.create_channel(client_pk, fields.pop('userId'), fields,
-                                              svc.default_limits, svc.clock())
+    if fields.get('ingest', DEFAULT_NODE) not in svc.nodes:
+        raise invalid({'ingest': 'no such ingest node (nodes: %s)' % ', '.join(svc.nodes)})
+    try:
+        channel, limit = svc.store.create_channel(client_pk, fields.pop('userId'), fields,
+                                                  svc.default_limits, svc.clock())
+    except NotAccepting as refused:
+        raise ApiError(409, EC_CONFLICT, 'ingest node %s is not accepting new channels'
+                       % refused.args[0] if refused.args[0] else
+                       'no ingest node is accepting new channels')
     if limit:
         raise ApiError(403, EC_LIMIT, 'user is at its %s limit (%d)' % limit,
                        {'limit': limit[0], 'value': limit[1]})
@@ -3558,18 +3696,23 @@ def system_stats():
              'viewers': live['viewers'] + sum(svc.viewers.count(public_id, now) for public_id
                                               in live['public_ids'].split(',') if public_id)}
     if admin:
-        ingest = svc.ingest.snapshot()
         stats['system'] = {
             'version': __version__, 'uptimeSeconds': round(time.monotonic() - svc.started),
             'dbBytes': svc.store.size_bytes(),
-            'ingest': [{'url': ingest['url'], 'reachable': ingest['reachable'],
-                        'streams': len(ingest['streams']),
-                        'bitrateKbpsIn': round(sum(stream['bitrateKbps'] for stream
-                                                   in ingest['streams'].values()), 1)}]}
+            'ingest': [dict(name=name, kind=svc.nodes[name].kind, **_polled(poller.snapshot))
+                       for name, poller in svc.pollers.items()]}
         last_backup = svc.store.last_backup_at()
         if last_backup is not None:
             stats['system']['lastBackupAt'] = iso(last_backup)
     return envelope(stats)
+
+
+def _polled(snapshot):
+    """What a node's latest stats reading says, as /v1/stats shows it."""
+    return {'url': snapshot['url'], 'reachable': snapshot['reachable'],
+            'streams': len(snapshot['streams']),
+            'bitrateKbpsIn': round(sum(stream['bitrateKbps'] for stream
+                                       in snapshot['streams'].values()), 1)}
 
 
 def health():
@@ -3582,6 +3725,58 @@ def health():
         raise ApiError(503, EC_INTERNAL, 'database unavailable',
                        {'status': 'unavailable', 'version': __version__, 'db': 'error'})
     return envelope({'status': 'ok', 'version': __version__, 'db': 'ok'})
+
+
+# Ingest nodes #################################################################
+
+def _ingest_nodes(svc):
+    """{name: the node's object} for GET /v1/ingest: its live streams, their bitrate
+    and viewers come from the sessions (a node whose stats are unreachable keeps
+    its last figures)."""
+    now = svc.clock()
+    nodes, live = svc.store.ingest_nodes()
+    items = collections.OrderedDict((node['name'], {
+        'name': node['name'], 'kind': svc.nodes[node['name']].kind,
+        'rtmpUrl': svc.nodes[node['name']].settings['rtmp_url'],
+        'hlsUrl': svc.nodes[node['name']].settings['hls_url'],
+        'accepting': bool(node['accepting']),
+        'reachable': svc.pollers[node['name']].snapshot['reachable'],
+        'liveStreams': 0, 'bitrateKbpsIn': 0.0, 'viewers': 0}) for node in nodes)
+    for ingest, channel_id, bitrate_kbps, viewers in live:
+        item = items.get(ingest)
+        if item:
+            item['liveStreams'] += 1
+            item['bitrateKbpsIn'] += bitrate_kbps or 0
+            item['viewers'] += viewers + svc.viewers.count(channel_id, now)
+    for item in items.values():
+        item['bitrateKbpsIn'] = round(item['bitrateKbpsIn'], 1)
+    return items
+
+
+def list_ingest():
+    """GET /v1/ingest: every ingest node, in the configuration's order."""
+    query(())
+    return envelope(list(_ingest_nodes(service()).values()))
+
+
+def patch_ingest(name):
+    """PATCH /v1/ingest/{name} {"accepting": false}: drain the node (no new channels
+    are placed there; its live streams go on), or open it again; kept in the database."""
+    svc = service()
+    if name not in svc.nodes:
+        raise not_found('ingest node')
+    query(())
+    body = read_json(max_body())
+    errors = {field: 'unknown field' for field in body if field != 'accepting'}
+    if not isinstance(body.get('accepting'), bool):
+        errors['accepting'] = 'is required, true or false' if 'accepting' not in body \
+            else 'must be true or false'
+    if errors:
+        raise invalid(errors)
+    svc.store.set_accepting(name, body['accepting'])
+    log.info('ingest node %s %s new channels', name,
+             'accepts' if body['accepting'] else 'accepts no more (draining)')
+    return envelope(_ingest_nodes(svc)[name])
 
 
 # Dashboard: the operator's page ###############################################
@@ -3807,25 +4002,31 @@ def ingest_publish(svc, event):
     cutoff = now - svc.stale_after
     session_id, why = svc.store.start_session(
         name, lambda channel: decide_publish(channel, key, connection, cutoff),
-        connection, addr, now, cutoff)
+        connection, addr, now, cutoff, event.node)
     if why:
         raise HookDenied(why)
-    log.info('channel %s is live (session %s, from %s)', name, session_id, addr)
+    log.info('channel %s is live on %s (session %s, from %s)', name, event.node, session_id,
+             addr)
     return {'allowed': True}
 
 
-def _figures(svc, name, live, now, max_age=None):
-    """The stream's metrics from the ingest's /stat with its measured bitrate, or None
-    where /stat does not list it."""
-    metrics = svc.ingest.snapshot(max_age)['streams'].get(name)
-    return metrics and measured(svc, name, metrics, live, now)
+def _figures(svc, event, live, now):
+    """The stream's metrics from its node's latest stats reading, with its measured
+    bitrate, as of that reading (measuredAt); None where that does not list it, or
+    is no newer than the session's last sample."""
+    snapshot = svc.pollers[event.node].snapshot
+    if snapshot['at'] is None or (live['sampled_at'] or 0) >= snapshot['at']:
+        return None
+    metrics = snapshot['streams'].get(event.name)
+    return metrics and measured(svc, event.name, metrics, live, snapshot['at'], now)
 
 
-def measured(svc, name, metrics, live, now):
-    """A stream's metrics as the ingest lists them, with its measured bitrate and HLS
-    viewers. After a reconnect the ingest counts the new connection's bytes from 0."""
+def measured(svc, name, metrics, live, at, now):
+    """A stream's metrics as its node listed them at `at`, with its measured bitrate
+    and (as of `now`) HLS viewers. After a reconnect the node counts the new
+    connection's bytes from 0: the session's bytes before it are its base."""
     metrics = dict(metrics, bytesIn=metrics['bytesIn'] + (live['bytes_base'] or 0))
-    return dict(metrics, bitrateKbps=measured_bitrate(metrics, live, now),
+    return dict(metrics, measuredAt=at, bitrateKbps=measured_bitrate(metrics, live, at),
                 viewersHls=svc.viewers.count(name, now))
 
 
@@ -3846,7 +4047,7 @@ def ingest_update(svc, event):
         live = svc.store.ingest_channel(name)
         if decide_update(live, connection)[0] != 'keep':
             raise HookDenied('session was ended as it resumed')  # deleted, disabled, re-keyed
-    metrics = _figures(svc, name, live, now)
+    metrics = _figures(svc, event, live, now)
     if metrics or heartbeat_due(svc, live, now):
         svc.store.record_sample(live['live_session_id'], now, metrics)
     over = decide_limits(live, now, metrics and metrics['bitrateKbps'])
@@ -3855,7 +4056,7 @@ def ingest_update(svc, event):
         svc.store.end_session(live['live_session_id'], over, now,
                               limit=(limit, live[LIMIT_COLUMNS[limit]]))
         svc.kick([{'channel_id': name, 'session_id': live['session_id'],
-                   'connection': connection}])  # whether or not the 403 reaches nginx
+                   'connection': connection, 'ingest': event.node}])  # 403 or not
         raise HookDenied('session passed %s' % over)
     return {'allowed': True}
 
@@ -3867,9 +4068,9 @@ def ingest_publish_done(svc, event):
     action = decide_update(live, connection)[0]
     if action == 'keep':
         now = svc.clock()
-        # A snapshot taken now, if /stat still lists the stream (nginx usually has
-        # dropped it by then): else end_session extrapolates from the last sample.
-        metrics = _figures(svc, name, live, now, max_age=0)
+        # The latest reading, if newer than the last sample and still listing the
+        # stream: else end_session extrapolates from the last sample.
+        metrics = _figures(svc, event, live, now)
         if metrics:
             svc.store.record_sample(live['live_session_id'], now, metrics)
         window = decide_drop(live, svc.config['ingest']['reconnect_window'])
@@ -3914,34 +4115,51 @@ ON_EVENT = {'publish': ingest_publish, 'update': ingest_update, 'done': ingest_p
 
 
 def ingest_hook(kind, hook=None):
-    """POST /v1/hooks/<kind>[/<hook>]: an ingest node's hook calls, as its adapter reads
-    them. 2xx allows, 403 refuses (or, for an update, drops the stream); each in the
-    form the node understands (its adapter's answer and refusal)."""
-    node = service().nodes[kind]
+    """POST /v1/hooks/<kind>[/<hook>]?node=NAME: an ingest node's hook calls, as its
+    kind's adapter reads them. 2xx allows, 403 refuses (or, for an update, drops the
+    stream); each in the form the node understands (its adapter's answer and refusal)."""
+    adapter = service().kinds[kind]
     try:
-        return node.answer(_ingest_call(node, hook))
+        return adapter.answer(_ingest_call(kind, hook))
     except ApiError as error:
-        raise node.refusal(error)
+        raise adapter.refusal(error)
 
 
-def _ingest_call(node, hook):
+def node_connection(node, connection):
+    """A publisher's connection as the API keeps it: connections are numbered per
+    node (nginx counts its own), so another node's are told apart by its name; the
+    default node's keep the form they always had."""
+    if not connection or node == DEFAULT_NODE:
+        return connection
+    return '%s/%s' % (node, connection)
+
+
+def _ingest_call(kind, hook):
     svc = service()
     _check_hook_secret(svc)
-    query({'secret', 'node'})
+    node = query({'secret', 'node'}).get('node', DEFAULT_NODE)
+    if node not in svc.nodes:
+        log.warning('%s hook refused: unknown ingest node %r from %s', kind, node[:40],
+                    bottle.request.environ.get('REMOTE_ADDR'))
+        raise ApiError(403, EC_FORBIDDEN, 'unknown ingest node')
     if bottle.request.content_length > max_body():
         raise ApiError(413, EC_TOO_LARGE, 'hook body too large')
-    event = (getattr(node, node.extra_hooks[hook]) if hook else node.event)(bottle.request)
+    # The node's own adapter where it is of this kind: its settings (its RTMP app).
+    adapter = svc.nodes[node] if svc.nodes[node].kind == kind else svc.kinds[kind]
+    event = (getattr(adapter, adapter.extra_hooks[hook]) if hook else adapter.event)(
+        bottle.request)
+    event = event._replace(node=node, connection=node_connection(node, event.connection))
     if event.what is None:
         return {'ignored': event.said}
     if not PUBLIC_ID.match(event.name):
-        log.warning('%s %s refused: stream name is not a channel id', node.kind, event.said)
+        log.warning('%s %s refused: stream name is not a channel id', kind, event.said)
         if event.what in ('publish', 'play', 'read'):
             raise ApiError(403, EC_FORBIDDEN, 'stream name is not a channel id')
         raise bad_request('stream name is not a channel id')
     try:
         return ON_EVENT[event.what](svc, event)
     except HookDenied as denied:
-        log.warning('%s %s on channel %s refused: %s', node.kind, event.said, event.name,
+        log.warning('%s %s on channel %s refused: %s', kind, event.said, event.name,
                     denied)
         raise ApiError(403, EC_FORBIDDEN, str(denied))
 
@@ -4357,8 +4575,9 @@ def _list_of(item):
                     'nextCursor': {'type': ['string', 'null']}})
 
 
-def openapi_document():
-    """The OpenAPI 3.1 description of ROUTES, from the same rules the handlers apply."""
+def openapi_document(nodes=(DEFAULT_NODE,)):
+    """The OpenAPI 3.1 description of ROUTES, from the same rules the handlers apply,
+    for a service whose ingest nodes are named `nodes`."""
     text = '[^%s]' % CONTROL_CHARS.pattern[1:-1]  # a character any text field may hold
     name = {'type': 'string', 'minLength': 1, 'maxLength': 200,
             'pattern': '^%s*[^\\s%s]%s*$' % (text, text[2:-1], text),
@@ -4378,12 +4597,14 @@ def openapi_document():
     window = {'type': ['integer', 'null'], 'minimum': 0, 'maximum': MAX_RECONNECT_WINDOW,
               'description': 'Seconds a broadcast stays open after its publisher leaves; '
                              'null: [ingest] reconnect_window.'}
+    node_name = {'type': 'string', 'pattern': _ecma(NODE_NAME)}
+    configured_node = {'enum': list(nodes), 'description': 'an ingest node configured here'}
 
     def ref(schema_name):
         return {'$ref': '#/components/schemas/' + schema_name}
 
     session = {
-        'id': public_id, 'channelId': public_id, 'startedAt': timestamp,
+        'id': public_id, 'channelId': public_id, 'ingest': node_name, 'startedAt': timestamp,
         'endedAt': {'type': ['string', 'null'], 'format': 'date-time'},
         'durationSeconds': count, 'bytesIn': count, 'avgBitrateKbps': rate,
         'peakBitrateKbps': {'type': ['number', 'null'], 'minimum': 0},
@@ -4404,7 +4625,7 @@ def openapi_document():
         'Channel': _closed({
             'id': public_id, 'userId': user_id, 'name': string, 'description': string,
             'metadata': {'type': 'object'}, 'enabled': {'type': 'boolean'}, 'status': status,
-            'streamUrl': string, 'streamId': string,
+            'ingest': node_name, 'streamUrl': string, 'streamId': string,
             'playback': _closed({'hls': string, 'rtmp': string}),
             'reconnectWindowSeconds': window,
             'liveSince': {'type': ['string', 'null'], 'format': 'date-time'},
@@ -4433,9 +4654,14 @@ def openapi_document():
                 'version': string, 'uptimeSeconds': count, 'dbBytes': count,
                 'lastBackupAt': timestamp,
                 'ingest': {'type': 'array', 'items': _closed({
+                    'name': node_name, 'kind': {'enum': list(INGEST_KINDS)},
                     'url': {'type': ['string', 'null']}, 'reachable': {'type': 'boolean'},
                     'streams': count, 'bitrateKbpsIn': rate})}}, optional=('lastBackupAt',))},
             optional=('system',)),
+        'IngestNode': _closed({
+            'name': node_name, 'kind': {'enum': list(INGEST_KINDS)}, 'rtmpUrl': string,
+            'hlsUrl': string, 'accepting': {'type': 'boolean'}, 'reachable': {'type': 'boolean'},
+            'liveStreams': count, 'bitrateKbpsIn': rate, 'viewers': count}),
         'Health': _closed({'status': {'const': 'ok'}, 'version': string, 'db': {'const': 'ok'}}),
         'Webhook': _closed(webhook),
         'WebhookWithSecret': _closed(dict(webhook, secret=string)),
@@ -4469,7 +4695,8 @@ def openapi_document():
                       [EC_METHOD], _closed({'allowed': {'type': 'array', 'items': string}}),
                       header='Allow'),
         '409': _error('Conflict: the resource still owns others (use ?force=true), the '
-                      'client is defined by the environment, or (redeliver) no webhook is '
+                      'client is defined by the environment, no ingest node (or not the one '
+                      'named) is accepting new channels, or (redeliver) no webhook is '
                       'registered.', [EC_CONFLICT], some_data),
         '413': _error('Body over [server] max_body_bytes.', [EC_TOO_LARGE], some_data),
         '422': _error('Well-formed but invalid fields; data.fields says why for each.',
@@ -4567,10 +4794,13 @@ def openapi_document():
     the_channel = {'200': _success('The channel', ref('Channel'))}
     route('POST', '/v1/channels', create_channel, 'Create a channel (and its user, with the '
           'default limits, if new)', {'201': _success('The channel', ref('Channel'))},
-          '403 404 413 422', [client_id], _closed(
+          '403 404 409 413 422', [client_id], _closed(
               {'userId': user_id, 'name': name, 'description': description,
-               'metadata': metadata, 'reconnectWindowSeconds': window},
-              optional=('description', 'metadata', 'reconnectWindowSeconds')))
+               'metadata': metadata, 'reconnectWindowSeconds': window,
+               'ingest': dict(configured_node, description=(
+                   'The ingest node to put it on (GET /v1/ingest); left out: the accepting '
+                   'node with the fewest live streams, then the fewest channels.'))},
+              optional=('description', 'metadata', 'reconnectWindowSeconds', 'ingest')))
     route('GET', '/v1/channels', list_channels, 'List channels, newest first',
           {'200': _success('A page of channels', _list_of(ref('Channel')))}, '404', page + [
               client_id, query_param('userId', user_id, "Only this user's channels."),
@@ -4636,6 +4866,13 @@ def openapi_document():
     route('POST', '/v1/events/{eventId}/redeliver', redeliver_event, 'Queue the event '
           'again (attempts start over)', {'202': _success('The event, queued', ref('Event'))},
           '404 409', [event_path])
+    route('GET', '/v1/ingest', list_ingest, 'Every ingest node, with its live streams, their '
+          'bitrate and viewers', {'200': _success('The nodes, in the configuration\'s order', {
+              'type': 'array', 'items': ref('IngestNode')})})
+    route('PATCH', '/v1/ingest/{name}', patch_ingest, 'Drain a node (accepting false: no '
+          'new channels are placed there; live streams go on) or open it again',
+          {'200': _success('The node', ref('IngestNode'))}, '404 413 422',
+          [path_param('name', configured_node)], _closed({'accepting': {'type': 'boolean'}}))
     route('GET', '/v1/health', health, 'Whether the service and its database answer',
           {'200': _success('Healthy', ref('Health'))}, '400 503', public=True)
     route('GET', '/v1/openapi.json', openapi, 'This document (not an envelope)', {'200': {
@@ -4649,7 +4886,9 @@ def openapi_document():
                   _closed({'ignored': string})]})},
           '400 403 413', [{'name': 'secret', 'in': 'query', 'required': True,
                            'schema': {'type': 'string', 'minLength': 1},
-                           'description': '[ingest] hook_secret; anything else gets 403'}],
+                           'description': '[ingest] hook_secret; anything else gets 403'},
+                          query_param('node', node_name, 'The ingest node calling ([ingest.'
+                                      'NAME]); left out: default ([ingest]); unknown: 403')],
           hook_form, public=True, media='application/x-www-form-urlencoded')
     hook_secret = {'name': 'secret', 'in': 'query', 'required': True,
                    'schema': {'type': 'string', 'minLength': 1},
@@ -4663,7 +4902,11 @@ def openapi_document():
         'action': {'type': 'string'}, 'stream': string, 'param': string, 'client_id': string,
         'server_id': string, 'ip': string}, 'anyOf': [
             {'required': ['action', 'stream'], 'properties': {
-                'action': {'enum': list(Srs.ACTIONS)},
+                'action': {'enum': ['on_publish', 'on_unpublish']},
+                'stream': {'type': 'string', 'pattern': _ecma(PUBLIC_ID),
+                           'description': 'a channel id'}}},
+            {'required': ['action', 'stream'], 'properties': {
+                'action': {'enum': ['on_play', 'on_stop']},
                 'stream': {'type': 'string', 'pattern': _ecma(PUBLIC_ID)[:-1] + '(\\.m3u8)?$',
                            'description': 'a channel id (<id>.m3u8: an HLS viewer)'}}},
             {'required': ['action'], 'properties': {'action': {
@@ -4735,15 +4978,15 @@ def openapi_document():
 
 
 @functools.lru_cache(maxsize=None)
-def _openapi_json():
-    return json.dumps(openapi_document(), separators=(',', ':')).encode('utf-8')
+def _openapi_json(nodes):
+    return json.dumps(openapi_document(nodes), separators=(',', ':')).encode('utf-8')
 
 
 def openapi():
     """GET /v1/openapi.json: the OpenAPI document (public), serialized once per process."""
     query(())
     bottle.response.content_type = 'application/json'
-    return _openapi_json()
+    return _openapi_json(tuple(service().nodes))
 
 
 ###############################################################################
@@ -4791,6 +5034,8 @@ ROUTES = [
     Route('GET', '/v1/events', list_events, sweeps=True),
     Route('GET', '/v1/events/<event_id>', get_event, sweeps=True),
     Route('POST', '/v1/events/<event_id>/redeliver', redeliver_event),
+    Route('GET', '/v1/ingest', list_ingest, admin=True, sweeps=True),
+    Route('PATCH', '/v1/ingest/<name>', patch_ingest, admin=True),
     Route('GET', '/v1/health', health),
     Route('GET', '/v1/openapi.json', openapi),
 ]
@@ -4823,9 +5068,9 @@ def create_app(config=None, clock=time.time, background=False):
                   else route.handler)
         if route.admin:
             svc.admin_paths.add(route.path, 'ANY', route)
-    for kind, node in svc.nodes.items():  # POST /v1/hooks/nginx-rtmp, one for each other kind
+    for kind, adapter in svc.kinds.items():  # POST /v1/hooks/nginx-rtmp, one for each other kind
         app.route('/v1/hooks/%s' % kind, 'POST', functools.partial(ingest_hook, kind))
-        for hook in node.extra_hooks:  # such as POST /v1/hooks/mediamtx/unavailable
+        for hook in adapter.extra_hooks:  # such as POST /v1/hooks/mediamtx/unavailable
             app.route('/v1/hooks/%s/%s' % (kind, hook), 'POST',
                       functools.partial(ingest_hook, kind, hook))
     app.default_error_handler = error_body
@@ -5298,17 +5543,18 @@ def _url_port(url):
         return None
 
 
-def nginx_port_warnings(config, rtmp_port, http_port):
-    """A sentence for each [ingest] URL whose port is not the one the generated
+def nginx_port_warnings(config, rtmp_port, http_port, node=DEFAULT_NODE):
+    """A sentence for each URL of the node whose port is not the one the generated
     nginx.conf listens on (right only if something forwards between the two)."""
     warnings = []
+    section = 'ingest' if node == DEFAULT_NODE else 'ingest.' + node
     for flag, port, key in (('--rtmp-port', rtmp_port, 'rtmp_url'),
                             ('--http-port', http_port, 'hls_url'),
                             ('--http-port', http_port, 'stat_url')):
-        url = config['ingest'][key]
+        url = config['ingest_nodes'][node][key]
         if url and _url_port(url) != port:
-            warnings.append('nginx will listen on %s %d, but [ingest] %s = %s names port %s'
-                            % (flag, port, key, url, _url_port(url)))
+            warnings.append('nginx will listen on %s %d, but [%s] %s = %s names port %s'
+                            % (flag, port, section, key, url, _url_port(url)))
     return warnings
 
 
@@ -5465,9 +5711,10 @@ def _parser():
                          help='write to FILE, mode 0600 (it holds the hook secret), not stdout')
     written.add_argument('--rtmp-port', type=_cli_port, default=1935)
     named = argparse.ArgumentParser(add_help=False)
-    named.add_argument('--node', metavar='NAME',
-                       help='its [ingest.NAME] name, sent with its hooks')
-    conf = commands.add_parser('nginx-conf', parents=[common, written],
+    named.add_argument('--node', default=DEFAULT_NODE, metavar='NAME',
+                       help='the ingest node it is for: [ingest.NAME], named in its hook '
+                            'URLs (default: [ingest])')
+    conf = commands.add_parser('nginx-conf', parents=[common, written, named],
                                help='print an nginx.conf wired to this API')
     conf.add_argument('--http-port', type=_cli_port, default=8088)
     conf.add_argument('--prefix', default='/var/lib/livestream-nginx',
@@ -5520,6 +5767,9 @@ def main(argv=None, environ=None):
         overrides.setdefault('server', {})['port'] = args.port
     try:
         config = load_config(args.config, environ, overrides)
+        if getattr(args, 'node', DEFAULT_NODE) not in config['ingest_nodes']:
+            raise ConfigError('--node %s: no [ingest.%s] section (nodes: %s)' % (
+                args.node, args.node, ', '.join(config['ingest_nodes'])))
         if args.command == 'serve':
             serve(config, environ)
             return 0
@@ -5563,17 +5813,21 @@ def main(argv=None, environ=None):
         elif args.command == 'backup':
             return run_backup(store, args.dest)
         elif args.command == 'nginx-conf':
-            for warning in nginx_port_warnings(config, args.rtmp_port, args.http_port):
+            for warning in nginx_port_warnings(config, args.rtmp_port, args.http_port,
+                                               args.node):
                 print('livestream-api: warning: %s' % warning, file=sys.stderr)
-            _print_conf(args, app.livestream.node.conf(
+            _print_conf(args, app.livestream.nodes[args.node].conf(
                 app.livestream.hook_secret, args.rtmp_port, args.http_port, args.prefix))
-        elif args.command == 'srs-conf':
-            _print_conf(args, app.livestream.nodes['srs'].conf(
-                app.livestream.hook_secret, args.rtmp_port, args.http_port, args.prefix,
-                args.api_port, args.node))
-        elif args.command == 'mediamtx-conf':
-            _print_conf(args, app.livestream.nodes['mediamtx'].conf(
-                app.livestream.hook_secret, args.rtmp_port, args.api_port, args.node))
+        elif args.command in ('srs-conf', 'mediamtx-conf'):
+            kind = args.command[:-len('-conf')]
+            # The node's own adapter where it is of this kind (its settings), else the kind's.
+            node = app.livestream.nodes[args.node]
+            adapter = node if node.kind == kind else app.livestream.kinds[kind]
+            hook_node = None if args.node == DEFAULT_NODE else args.node
+            _print_conf(args, adapter.conf(app.livestream.hook_secret, args.rtmp_port,
+                                           args.http_port, args.prefix, args.api_port, hook_node)
+                        if kind == 'srs' else adapter.conf(
+                            app.livestream.hook_secret, args.rtmp_port, args.api_port, hook_node))
         elif args.client_command == 'create':
             token_id, secret = new_token()
             store.create_client(args.name, args.role, token_id, hash_secret(secret), time.time())

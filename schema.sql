@@ -275,3 +275,27 @@ WHEN OLD.ended_at IS NULL AND NEW.ended_at IS NOT NULL BEGIN
                        bytes_in = bytes_in + NEW.bytes_in
      WHERE id = (SELECT client_id FROM channels WHERE id = NEW.channel_id);
 END;
+
+-- migration: 7
+-- Ingest nodes ([ingest.NAME] sections beside [ingest]'s `default`). A channel is
+-- placed on one (`ingest`); a session names the node it is live on, which may be
+-- another (a failover). ingest_nodes keeps what the API decides about a node: its
+-- `accepting` as set by PATCH /v1/ingest/{name} (NULL: as configured), shared by
+-- every process and kept across restarts; and its channel count for placement.
+ALTER TABLE channels ADD COLUMN ingest TEXT NOT NULL DEFAULT 'default';
+ALTER TABLE sessions ADD COLUMN ingest TEXT NOT NULL DEFAULT 'default';
+CREATE INDEX IF NOT EXISTS sessions_live_by_ingest ON sessions (ingest) WHERE ended_at IS NULL;
+CREATE TABLE IF NOT EXISTS ingest_nodes (
+    name      TEXT PRIMARY KEY,
+    accepting INTEGER,
+    channels  INTEGER NOT NULL DEFAULT 0
+);
+INSERT INTO ingest_nodes (name, channels) SELECT ingest, count(*) FROM channels
+    GROUP BY ingest;
+CREATE TRIGGER IF NOT EXISTS channel_placed AFTER INSERT ON channels BEGIN
+    INSERT INTO ingest_nodes (name, channels) VALUES (NEW.ingest, 1)
+        ON CONFLICT (name) DO UPDATE SET channels = channels + 1;
+END;
+CREATE TRIGGER IF NOT EXISTS channel_unplaced AFTER DELETE ON channels BEGIN
+    UPDATE ingest_nodes SET channels = channels - 1 WHERE name = OLD.ingest;
+END;

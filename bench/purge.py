@@ -132,7 +132,8 @@ def over_http(workdir, db_path, info, args):
 
 def in_process(db_path):
     """Every purge transaction's duration, in process (no HTTP, nothing else running)."""
-    store = livestream_api.Store(db_path, 'rtmp://bench/live', 'http://bench/hls')
+    store = livestream_api.Store(
+        db_path, livestream_api.load_config(environ={})['ingest_nodes'])
     store.migrate()
     client = store.client_by_token(seeding.APP_TOKEN)
     started = time.perf_counter()

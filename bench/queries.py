@@ -37,7 +37,8 @@ QUERIES = [
 
 
 def open_store(db_path):
-    store = livestream_api.Store(db_path, 'rtmp://bench/live', 'http://bench/hls')
+    store = livestream_api.Store(
+        db_path, livestream_api.load_config(environ={})['ingest_nodes'])
     store.migrate()
     return store
 

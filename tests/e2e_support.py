@@ -174,6 +174,9 @@ class Stack:
         self.nginx_log = self.workdir / 'nginx.out'
         self.error_log = self.prefix / 'error.log'
         self.api = Api('http://127.0.0.1:%d' % self.api_port, self.token_id, self.token_secret)
+        #: An INI file given to serve and nginx-conf as --config (None: none), for
+        #: what the environment cannot say ([ingest.NAME] sections).
+        self.config_file = None
         self.api_process = self.nginx = None
         self.encoders = []
         self.env = {name: value for name, value in os.environ.items()
@@ -201,7 +204,7 @@ class Stack:
         with open(self.api_log, 'ab') as log, open(self.workdir / 'api.stdout', 'ab') as out:
             self.api_process = subprocess.Popen(
                 [sys.executable, '-m', 'livestream_api', 'serve', '--port', str(self.api_port),
-                 '--db', str(self.db)],
+                 '--db', str(self.db)] + self._config_args(),
                 cwd=str(ROOT), env=self.env, stdin=subprocess.DEVNULL, stdout=out, stderr=log,
                 start_new_session=True)
 
@@ -218,19 +221,25 @@ class Stack:
 
     # nginx -------------------------------------------------------------------
 
+    def _config_args(self):
+        return ['--config', str(self.config_file)] if self.config_file else []
+
     def generate(self, command, *args):
         """What `livestream-api <command> ... --db <the stack's>` prints (a config)."""
         generated = subprocess.run(
-            [sys.executable, '-m', 'livestream_api', command, *args, '--db', str(self.db)],
+            [sys.executable, '-m', 'livestream_api', command, *args, '--db', str(self.db)]
+            + self._config_args(),
             cwd=str(ROOT), env=self.env, stdin=subprocess.DEVNULL, capture_output=True,
             text=True, timeout=60)
         assert generated.returncode == 0, generated.stderr
         return generated.stdout
 
-    def write_nginx_conf(self):
+    def write_nginx_conf(self, node=None):
+        """nginx.conf as `livestream-api nginx-conf` writes it (for ingest node `node`)."""
         (self.prefix / 'nginx.conf').write_text(self.generate(
             'nginx-conf', '--rtmp-port', str(self.rtmp_port), '--http-port',
-            str(self.http_port), '--prefix', str(self.prefix)))
+            str(self.http_port), '--prefix', str(self.prefix),
+            *(['--node', node] if node else [])))
 
     def start_nginx(self):
         with open(self.nginx_log, 'ab') as log:

@@ -45,10 +45,13 @@ def stat_xml(*streams):
 
 
 class StatServer:
-    """A real HTTP server on 127.0.0.1 answering GET /stat with the XML set by serve()."""
+    """A real HTTP server on 127.0.0.1 answering GET /stat with the XML set by serve(),
+    which the `pollers` (StatsPoller, added by the test) then read once, as their
+    timer would: tests never wait for it."""
 
     def __init__(self):
         self.xml = stat_xml()
+        self.pollers = []
         server = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
@@ -73,6 +76,8 @@ class StatServer:
 
     def serve(self, *streams):
         self.xml = stat_xml(*streams)
+        for poller in self.pollers:
+            poller.poll_once()
 
     def close(self):
         self.httpd.shutdown()

@@ -108,7 +108,7 @@ class SrsStack(Stack):
 
     def write_nginx_conf(self):
         (self.srs_prefix / 'srs.conf').write_text(self.generate(
-            'srs-conf', '--node', 'e2e', '--rtmp-port', str(self.rtmp_port),
+            'srs-conf', '--rtmp-port', str(self.rtmp_port),
             '--http-port', str(self.http_port), '--api-port', str(self.api_port_srs),
             '--prefix', str(self.srs_prefix)))
 

@@ -13,7 +13,7 @@ from conftest import ADMIN
 
 PUBLIC_ID = re.compile(r'^[a-z2-7]{16}$')
 ISO_Z = re.compile(r'^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$')
-CHANNEL_FIELDS = {'id', 'userId', 'name', 'description', 'metadata', 'enabled', 'status',
+CHANNEL_FIELDS = {'id', 'userId', 'name', 'description', 'metadata', 'enabled', 'status', 'ingest',
                   'streamUrl', 'streamId', 'playback', 'liveSince', 'createdAt', 'updatedAt',
                   'reconnectWindowSeconds'}
 

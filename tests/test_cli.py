@@ -38,7 +38,7 @@ def test_client_list_prints_a_header_and_both_ids(cli, db, tmp_path):
     assert status == 0
     header, line = out.splitlines()
     assert header.split() == ['ID', 'TOKEN', 'ID', 'ROLE', 'CREATED', 'NAME']
-    store = livestream_api.Store(tmp_path / 'live.db', '', '')
+    store = livestream_api.Store(tmp_path / 'live.db', {})
     public_id = store.client_by_token(token_id)['public_id']
     store.close()
     assert line.split()[:3] == [public_id, token_id, 'app']
@@ -50,7 +50,7 @@ def test_client_list_prints_a_header_and_both_ids(cli, db, tmp_path):
 @pytest.mark.parametrize('named_by', ['public_id', 'token_id'])
 def test_client_delete_takes_the_id_or_the_token_id(cli, db, tmp_path, named_by):
     token_id = created(cli, 'gone')['LIVE_TOKEN_ID']
-    store = livestream_api.Store(tmp_path / 'live.db', '', '')
+    store = livestream_api.Store(tmp_path / 'live.db', {})
     name = store.client_by_token(token_id)[named_by]
     store.close()
     assert cli('client', 'delete', name)[:2] == (0, 'deleted %s\n' % name)

@@ -271,8 +271,9 @@ def test_an_admin_sees_every_client_nodes_and_clients(browser, stack, world, tmp
     assert policy_violations(browser) == []
 
 
-# The views of endpoints other branches bring (GET /v1/ingest, GET /v1/events), on
-# answers shaped as documented, from a stand-in in front of the app ----------------
+# States a live test server does not reach in seconds (a node draining or down, a
+# delivery failed after a day of retries), shown from answers shaped as GET /v1/ingest
+# and GET /v1/events give them, by a stand-in in front of the app ------------------
 
 NODES = [{'name': 'edge-1', 'kind': 'nginx-rtmp', 'rtmpUrl': 'rtmp://edge-1:1935/live',
           'hlsUrl': 'http://edge-1/hls', 'accepting': False, 'reachable': True,

@@ -15,6 +15,7 @@ from ingest_support import (get, iso, make_channel, publish, publish_done,
 def app(make_app, stat_server):
     """The app, reading ingest statistics from the fake /stat server."""
     app = make_app(ingest={'stat_url': stat_server.url})[1]
+    stat_server.pollers.append(app.livestream.pollers['default'])
     return app
 
 

@@ -39,7 +39,7 @@ def app(request, make_app, control):
 
 @pytest.fixture
 def kicker(app):
-    return app.livestream.kicker
+    return app.livestream.kickers['default']
 
 
 def drop_call(channel, clientid):
@@ -150,7 +150,7 @@ def test_the_cli_kicks_the_publishers_of_a_client_it_deletes(app, admin, new_cli
 
 
 def test_an_empty_control_url_turns_kicks_off(make_app):
-    assert make_app(ingest={'control_url': ''})[1].livestream.kicker is None
+    assert make_app(ingest={'control_url': ''})[1].livestream.kickers == {}
 
 
 def test_nginx_conf_serves_the_control_module_on_loopback_only():

@@ -103,7 +103,7 @@ def auth(app):
         if generation == 'new':
             body.update(token='', userAgent='OBS-Studio/31.0')
         body.update(fields)
-        return test_app.post_json('/v1/hooks/mediamtx?secret=%s&node=mtx1'
+        return test_app.post_json('/v1/hooks/mediamtx?secret=%s'
                                   % app.livestream.hook_secret, body, expect_errors=True)
     return auth
 
@@ -186,7 +186,7 @@ def test_the_poll_reads_both_generations_and_measures_the_bitrate(
     mediamtx.paths = [path_item(channel['id'], conn_id, 'srt', inbound=1_250_000, readers=3,
                                 old=generation == 'old')]
     clock.advance(10)
-    snapshot = app.livestream.poller.run_once()
+    snapshot = app.livestream.pollers['default'].poll_once()
     assert ('GET', '/v3/paths/list?itemsPerPage=1000&page=0') in mediamtx.api.calls
     assert snapshot['streams'][channel['id']]['connection'] == 'srt/' + conn_id
     current = admin.get('/v1/channels/%s/stats' % channel['id']).json['data']['current']
@@ -200,24 +200,24 @@ def test_the_poll_reads_both_generations_and_measures_the_bitrate(
         assert (current['video']['width'], current['video']['height']) == (1280, 720)
     mediamtx.paths[0]['inboundBytes' if generation == 'new' else 'bytesReceived'] = 3_750_000
     clock.advance(10)
-    app.livestream.poller.run_once()
+    app.livestream.pollers['default'].poll_once()
     current = admin.get('/v1/channels/%s/stats' % channel['id']).json['data']['current']
     assert current['bitrateKbps'] == 2000  # the growth since the last poll
     ingest = admin.get('/v1/stats').json['data']['system']['ingest']
-    assert ingest == [{'url': mediamtx.url, 'reachable': True, 'streams': 1,
-                       'bitrateKbpsIn': 2000}]
+    assert ingest == [{'name': 'default', 'kind': 'mediamtx', 'url': mediamtx.url,
+                       'reachable': True, 'streams': 1, 'bitrateKbpsIn': 2000}]
 
 
 def test_a_path_not_available_is_not_live(app, mediamtx):
     item = path_item('abcdefghijklmnop', str(uuid.uuid4()))
     item['available'] = False
     mediamtx.paths = [item, dict(path_item('bcdefghijklmnopq', 'x'), name='cams/front')]
-    assert app.livestream.poller.run_once()['streams'] == {}
+    assert app.livestream.pollers['default'].poll_once()['streams'] == {}
 
 
 def test_the_poll_pages(app, mediamtx):
     mediamtx.paths = [path_item('a%015d' % number, str(uuid.uuid4())) for number in range(1001)]
-    assert len(app.livestream.poller.run_once()['streams']) == 1001
+    assert len(app.livestream.pollers['default'].poll_once()['streams']) == 1001
     assert [path for _, path in mediamtx.api.calls] == [
         '/v3/paths/list?itemsPerPage=1000&page=0', '/v3/paths/list?itemsPerPage=1000&page=1']
 
@@ -230,7 +230,7 @@ def test_a_cut_kicks_at_the_path_of_the_sessions_protocol(app, admin, auth, medi
     auth('publish', channel, protocol, conn_id)
     mediamtx.paths = [path_item(channel['id'], conn_id, protocol)]
     admin.post('/v1/channels/%s/rotate-key' % channel['id'])
-    app.livestream.kicker.run_once()
+    app.livestream.kickers['default'].run_once()
     assert mediamtx.kicks == ['/v3/%s/kick/%s' % (LISTS[protocol][0], conn_id)]
     assert sessions(admin, channel)['items'][0]['endReason'] == 'key_rotated'
 
@@ -245,7 +245,7 @@ def test_an_rtmps_publisher_is_kicked_from_its_own_list(app, admin, auth, mediam
                                source={'type': 'rtmpsConn', 'id': conn_id})]
         admin.patch_json('/v1/channels/' + channel['id'], {'enabled': False})
         with caplog.at_level(logging.INFO, logger='livestream'):
-            app.livestream.kicker.run_once()
+            app.livestream.kickers['default'].run_once()
     finally:
         del LISTS['rtmps']
     assert mediamtx.kicks == ['/v3/rtmpconns/kick/' + conn_id, '/v3/rtmpsconns/kick/' + conn_id]
@@ -258,9 +258,9 @@ def test_a_limit_passed_while_live_ends_and_kicks(app, admin, auth, mediamtx, cl
     auth('publish', channel, 'webrtc', conn_id)
     mediamtx.paths = [path_item(channel['id'], conn_id, 'webrtc', inbound=1_250_000)]
     clock.advance(10)
-    app.livestream.poller.run_once()
+    app.livestream.pollers['default'].poll_once()
     assert sessions(admin, channel)['items'][0]['endReason'] == 'max_bitrate'
-    app.livestream.kicker.run_once()
+    app.livestream.kickers['default'].run_once()
     assert mediamtx.kicks == ['/v3/webrtcsessions/kick/' + conn_id]
 
 
@@ -270,7 +270,11 @@ def test_mediamtx_conf_wires_auth_api_and_unavailable_to_this_api(tmp_path, caps
     database = str(tmp_path / 'live.db')
     assert livestream_api.main(['init-db', '--db', database], environ={}) == 0
     capsys.readouterr()
-    assert livestream_api.main(['mediamtx-conf', '--db', database, '--node', 'mtx1',
+    config = tmp_path / 'live.ini'
+    config.write_text('[ingest.mtx1]\nkind = mediamtx\napi_url = http://127.0.0.1:9998\n'
+                      'rtmp_url = rtmp://mtx1/live\nhls_url = http://mtx1/hls\n')
+    assert livestream_api.main(['mediamtx-conf', '--db', database, '--config', str(config),
+                                '--node', 'mtx1',
                                 '--api-port', '9998'], environ={}) == 0
     text = capsys.readouterr().out
     conf = yaml.safe_load(text)

@@ -11,6 +11,7 @@ from webhook_support import deliver
 @pytest.fixture
 def app(make_app, stat_server):
     app = make_app(ingest={'stat_url': stat_server.url, 'reconnect_window': '20'})[1]
+    stat_server.pollers.append(app.livestream.pollers['default'])
     yield app
     app.livestream.deliverer.stop()
 
@@ -26,8 +27,8 @@ def test_a_drop_within_the_window_continues_the_broadcast(app, admin, hook, cloc
     channel = make_channel(admin, maxLiveChannels=1)
     other = make_channel(admin)
     assert publish(hook, channel, clientid='1').status_int == 200
-    stat_server.serve({'name': channel['id'], 'bw_in': 8000, 'bytes_in': 10000})
     clock.advance(10)
+    stat_server.serve({'name': channel['id'], 'bw_in': 8000, 'bytes_in': 10000})
     update(hook, channel, clientid='1')
     assert publish_done(hook, channel, clientid='1').status_int == 200
     dropped_at = clock.now
@@ -38,8 +39,8 @@ def test_a_drop_within_the_window_continues_the_broadcast(app, admin, hook, cloc
     assert now['current']['durationSeconds'] == 10  # time stands still while away
     assert publish(hook, other).status_int == 403  # the slot is still held
     assert publish(hook, channel, clientid='2').status_int == 200  # the encoder is back
-    stat_server.serve({'name': channel['id'], 'bw_in': 8000, 'bytes_in': 5000})
     clock.advance(10)
+    stat_server.serve({'name': channel['id'], 'bw_in': 8000, 'bytes_in': 5000})
     assert update(hook, channel, clientid='2').status_int == 200
     now = stats(admin, channel)
     assert now['current']['connected'] is True

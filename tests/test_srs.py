@@ -11,6 +11,7 @@ import pytest
 import webtest
 
 import livestream_api
+from conftest import ADMIN
 from ingest_support import JsonApi, get, make_channel, sessions, stream_args
 
 #: SRS's own ids: the server's (hook server_id, streams API server) and a client's.
@@ -83,7 +84,7 @@ def hook(app):
                 'param': '?key=%s' % (right_key if key is None else key),
                 'stream_url': '/live/' + name, 'stream_id': 'vid-671jw14'}
         body.update(fields)
-        return test_app.post_json('/v1/hooks/srs?secret=%s&node=edge1' % (
+        return test_app.post_json('/v1/hooks/srs?secret=%s' % (
             app.livestream.hook_secret if secret is None else secret), body, expect_errors=True)
     return hook
 
@@ -160,9 +161,24 @@ def test_an_hls_viewer_of_no_channel_is_refused(hook):
     assert answer.json['msg'] == 'no such channel'
 
 
-def test_the_node_name_is_accepted_on_the_hook_url(admin, hook):
-    """srs-conf --node NAME puts &node=NAME on the hook URL (the hook fixture sends it)."""
-    assert hook('on_publish', make_channel(admin)).status_int == 200
+def test_a_hook_names_its_node_and_an_unknown_node_is_refused(make_app, srs):
+    """srs-conf --node NAME puts &node=NAME on the hook URL: an SRS node of its own."""
+    _, app = make_app(**{'ingest.edge1': {'kind': 'srs', 'api_url': srs.url,
+                                              'rtmp_url': 'rtmp://edge1/live',
+                                              'hls_url': 'http://edge1/hls'}})
+    admin = webtest.TestApp(app)
+    admin.authorization = ('Basic', ADMIN)
+    channel = admin.post_json('/v1/channels', {'userId': 'streamer', 'name': 'edge',
+                                               'ingest': 'edge1'}).json['data']
+    body = {'action': 'on_publish', 'client_id': '589a46j9', 'ip': '10.0.0.9',
+            'vhost': '__defaultVhost__', 'app': 'live', 'stream': channel['id'],
+            'param': '?key=' + channel['streamId'].partition('?key=')[2], 'server_id': 'vid-1'}
+    url = '/v1/hooks/srs?secret=%s&node=%%s' % app.livestream.hook_secret
+    assert admin.post_json(url % 'edge1', body).json['code'] == 0
+    assert get(admin, channel)['status'] == 'live'
+    assert sessions(admin, channel)['items'][0]['ingest'] == 'edge1'
+    refused = admin.post_json(url % 'edge2', body, status=403)
+    assert refused.json['code'] == 403 and refused.json['msg'] == 'unknown ingest node'
 
 
 # The poll ----------------------------------------------------------------------
@@ -173,7 +189,7 @@ def test_the_poll_keeps_a_session_fresh_with_srs_figures(app, admin, hook, srs, 
     srs.streams.append(srs_stream(channel['id'], recv_bytes=250_000, kbps=0, clients=3))
     for _ in range(5):  # 50 s: stale after 30 s without the poll
         clock.advance(10)
-        snapshot = app.livestream.poller.run_once()
+        snapshot = app.livestream.pollers['default'].poll_once()
         assert snapshot['reachable'] is True
     assert ('GET', '/api/v1/streams/?start=0&count=1000') in srs.api.calls
     stats = admin.get('/v1/channels/%s/stats' % channel['id']).json['data']
@@ -188,13 +204,14 @@ def test_the_poll_keeps_a_session_fresh_with_srs_figures(app, admin, hook, srs, 
     assert current['audio'] == {'codec': 'AAC', 'sampleRate': 44100, 'channels': 2}
     srs.streams[0].update(recv_bytes=500_000, kbps={'recv_30s': 1234, 'send_30s': 0})
     clock.advance(10)
-    app.livestream.poller.run_once()
+    app.livestream.pollers['default'].poll_once()
     current = admin.get('/v1/channels/%s/stats' % channel['id']).json['data']['current']
     assert current['bitrateKbps'] == 1234
     session = sessions(admin, channel)['items'][0]
     assert session['peakBitrateKbps'] == 1234
     ingest = admin.get('/v1/stats').json['data']['system']['ingest']
-    assert ingest == [{'url': srs.url, 'reachable': True, 'streams': 1, 'bitrateKbpsIn': 1234}]
+    assert ingest == [{'name': 'default', 'kind': 'srs', 'url': srs.url, 'reachable': True,
+                       'streams': 1, 'bitrateKbpsIn': 1234}]
 
 
 def test_the_first_poll_measures_the_bytes_growth(app, admin, hook, srs, clock):
@@ -202,14 +219,14 @@ def test_the_first_poll_measures_the_bytes_growth(app, admin, hook, srs, clock):
     hook('on_publish', channel)
     srs.streams.append(srs_stream(channel['id'], recv_bytes=250_000, kbps=0))
     clock.advance(10)
-    app.livestream.poller.run_once()
+    app.livestream.pollers['default'].poll_once()
     current = admin.get('/v1/channels/%s/stats' % channel['id']).json['data']['current']
     assert current['bitrateKbps'] == 200  # 250 kB * 8 / 10 s
 
 
 def test_the_poll_pages_past_1000_streams(app, srs):
     srs.streams = [srs_stream('s%05d' % number, cid='c%d' % number) for number in range(1005)]
-    snapshot = app.livestream.poller.run_once()
+    snapshot = app.livestream.pollers['default'].poll_once()
     assert len(snapshot['streams']) == 1005
     assert [path for _, path in srs.api.calls] == [
         '/api/v1/streams/?start=0&count=1000', '/api/v1/streams/?start=1000&count=1000']
@@ -217,7 +234,7 @@ def test_the_poll_pages_past_1000_streams(app, srs):
 
 def test_a_stream_srs_still_lists_after_its_publisher_left_is_not_live(app, srs):
     srs.streams = [srs_stream('abcdefghijklmnop', active=False)]
-    assert app.livestream.poller.run_once()['streams'] == {}
+    assert app.livestream.pollers['default'].poll_once()['streams'] == {}
 
 
 @pytest.mark.parametrize('answer', ['code', 'status', 'down'])
@@ -231,11 +248,11 @@ def test_an_srs_error_is_a_failed_poll_and_its_sessions_go_stale(
     elif answer == 'status':
         srs.api.answer = lambda method, path: (500, {'code': 1000})
     else:
-        app.livestream.poller.url = 'http://127.0.0.1:9/none'
+        app.livestream.pollers['default'].url = 'http://127.0.0.1:9/none'
     with caplog.at_level(logging.WARNING, logger='livestream'):
         for _ in range(4):
             clock.advance(10)
-            assert app.livestream.poller.run_once()['reachable'] is False
+            assert app.livestream.pollers['default'].poll_once()['reachable'] is False
     assert sum('unreachable' in record.getMessage() for record in caplog.records) == 1
     assert get(admin, channel)['status'] == 'idle'
     assert sessions(admin, channel)['items'][0]['endReason'] == 'stale'
@@ -264,7 +281,7 @@ def test_a_cut_kicks_the_publisher_through_the_srs_api(app, admin, hook, srs, ac
     else:
         admin.delete(path)
     with caplog.at_level(logging.INFO, logger='livestream'):
-        assert app.livestream.kicker.run_once() == 1
+        assert app.livestream.kickers['default'].run_once() == 1
     assert srs.kicks == [kick_path()]
     assert 'kicked the publisher of channel %s' % channel['id'] in caplog.text
     if action != 'delete':
@@ -276,7 +293,7 @@ def test_a_kick_srs_already_did_is_no_failure(app, admin, hook, srs, caplog):
     hook('on_publish', channel)  # not listed: SRS answers 2049
     admin.patch_json('/v1/channels/' + channel['id'], {'enabled': False})
     with caplog.at_level(logging.INFO, logger='livestream'):
-        app.livestream.kicker.run_once()
+        app.livestream.kickers['default'].run_once()
     assert 'already gone' in caplog.text
     assert 'could not kick' not in caplog.text
 
@@ -287,9 +304,9 @@ def test_a_stream_the_kick_missed_is_kicked_at_the_next_poll(app, admin, hook, s
     hook('on_publish', channel)
     srs.streams.append(srs_stream(channel['id']))
     admin.patch_json('/v1/channels/' + channel['id'], {'enabled': False})
-    app.livestream.kicker._queue.get_nowait()  # the kick that got lost
-    app.livestream.poller.run_once()
-    assert app.livestream.kicker.run_once() == 1
+    app.livestream.kickers['default']._queue.get_nowait()  # the kick that got lost
+    app.livestream.pollers['default'].poll_once()
+    assert app.livestream.kickers['default'].run_once() == 1
     assert srs.kicks == [kick_path()]
 
 
@@ -298,9 +315,9 @@ def test_a_stream_of_a_deleted_channel_is_kicked_at_the_next_poll(app, admin, ho
     hook('on_publish', channel)
     srs.streams.append(srs_stream(channel['id']))
     admin.delete('/v1/channels/' + channel['id'])
-    app.livestream.kicker._queue.get_nowait()
-    app.livestream.poller.run_once()
-    app.livestream.kicker.run_once()
+    app.livestream.kickers['default']._queue.get_nowait()
+    app.livestream.pollers['default'].poll_once()
+    app.livestream.kickers['default'].run_once()
     assert srs.kicks == [kick_path()]
 
 
@@ -308,8 +325,8 @@ def test_a_stream_whose_publish_is_under_way_is_left_alone(app, admin, srs):
     """Listed by SRS before its on_publish answer committed: no session of it yet."""
     channel = make_channel(admin)
     srs.streams.append(srs_stream(channel['id']))
-    app.livestream.poller.run_once()
-    assert app.livestream.kicker.run_once() == 0
+    app.livestream.pollers['default'].poll_once()
+    assert app.livestream.kickers['default'].run_once() == 0
 
 
 @pytest.mark.parametrize('limit, stream, seconds, end_reason', [
@@ -321,10 +338,10 @@ def test_a_limit_passed_while_live_ends_and_kicks(app, admin, hook, srs, clock, 
     hook('on_publish', channel)
     srs.streams.append(srs_stream(channel['id'], **stream))
     clock.advance(seconds)
-    app.livestream.poller.run_once()
+    app.livestream.pollers['default'].poll_once()
     assert get(admin, channel)['status'] == 'idle'
     assert sessions(admin, channel)['items'][0]['endReason'] == end_reason
-    app.livestream.kicker.run_once()
+    app.livestream.kickers['default'].run_once()
     assert srs.kicks == [kick_path()]
     # The poll's cut tells the App Server as an update_publish's does.
     events = admin.get('/v1/events?channelId=' + channel['id']).json['data']['items']
@@ -337,8 +354,8 @@ def test_a_session_within_its_limits_is_not_kicked(app, admin, hook, srs, clock)
     hook('on_publish', channel)
     srs.streams.append(srs_stream(channel['id'], kbps=2500))
     clock.advance(30)
-    app.livestream.poller.run_once()
-    assert app.livestream.kicker.run_once() == 0
+    app.livestream.pollers['default'].poll_once()
+    assert app.livestream.kickers['default'].run_once() == 0
     assert get(admin, channel)['status'] == 'live'
 
 
@@ -349,7 +366,7 @@ def test_observe_is_called_with_any_snapshot(app, admin, hook, clock):
     clock.advance(25)
     metrics = livestream_api.Srs(app.livestream.config).parse_stats(
         {'code': 0, 'server': SERVER, 'streams': [srs_stream(channel['id'])]})
-    app.livestream.observe('edge1', {'reachable': True, 'streams': metrics}, clock())
+    app.livestream.observe('default', {'reachable': True, 'streams': metrics}, clock())
     clock.advance(25)  # 50 s after the publish, 25 s after the poll
     assert get(admin, channel)['status'] == 'live'
 
@@ -370,7 +387,11 @@ def test_srs_conf_wires_hooks_api_hls_and_log_level(tmp_path, capsys):
     database = str(tmp_path / 'live.db')
     assert livestream_api.main(['init-db', '--db', database], environ={}) == 0
     capsys.readouterr()
-    assert livestream_api.main(['srs-conf', '--db', database, '--node', 'edge1',
+    config = tmp_path / 'live.ini'
+    config.write_text('[ingest.edge1]\nkind = srs\napi_url = http://127.0.0.1:1986\n'
+                      'rtmp_url = rtmp://edge1/live\nhls_url = http://edge1/hls\n')
+    assert livestream_api.main(['srs-conf', '--db', database, '--config', str(config),
+                                '--node', 'edge1',
                                 '--rtmp-port', '1936', '--http-port', '8090',
                                 '--api-port', '1986', '--prefix', str(tmp_path / 'srs')],
                                environ={}) == 0

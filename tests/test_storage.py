@@ -187,7 +187,8 @@ def test_a_commit_by_another_store_voids_every_cache_at_the_next_request(
     client = new_client()
     channel = client.post_json('/v1/channels', {'userId': 'u', 'name': 'one'}).json['data']
     assert client.get('/v1/channels/' + channel['id']).json['data']['enabled']  # cached
-    other = livestream_api.Store(store.path, 'rtmp://x/live', 'http://x/hls')
+    other = livestream_api.Store(
+        store.path, livestream_api.load_config(environ={})['ingest_nodes'])
     try:
         row = other.channel(None, channel['id'])
         other.update_channel(row['id'], {'enabled': False}, 0)

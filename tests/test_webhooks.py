@@ -24,6 +24,7 @@ from webhook_support import Receiver, deliver, signatures, verifies
 @pytest.fixture
 def app(make_app, stat_server):
     app = make_app(ingest={'stat_url': stat_server.url})[1]
+    stat_server.pollers.append(app.livestream.pollers['default'])
     yield app
     app.livestream.deliverer.stop()
 
@@ -186,8 +187,8 @@ def test_publish_and_publish_done(app, new_client, receiver, hook, clock, stat_s
     register(client, receiver)
     channel = make_channel(client)
     assert publish(hook, channel).status_int == 200
-    stat_server.serve({'name': channel['id'], 'bw_in': 2000 * 1000, 'bytes_in': 10 ** 6})
     clock.advance(10)
+    stat_server.serve({'name': channel['id'], 'bw_in': 2000 * 1000, 'bytes_in': 10 ** 6})
     assert update(hook, channel).status_int == 200
     clock.advance(5)
     assert publish_done(hook, channel).status_int == 200
@@ -250,8 +251,8 @@ def test_a_bitrate_cut_is_limit_exceeded_then_idle(app, new_client, receiver, ho
     register(client, receiver, events=['limit.exceeded', 'channel.idle'])
     channel = make_channel(client, maxBitrateKbps=2500)
     publish(hook, channel)
-    stat_server.serve({'name': channel['id'], 'bw_in': 3000 * 1000, 'bytes_in': 10 ** 6})
     clock.advance(interval)
+    stat_server.serve({'name': channel['id'], 'bw_in': 3000 * 1000, 'bytes_in': 10 ** 6})
     assert update(hook, channel).status_int == 403
     deliver(app)
     assert receiver.types == ['limit.exceeded', 'channel.idle']
