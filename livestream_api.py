@@ -13,13 +13,15 @@ Reading map, top to bottom, each section and its one job:
   Validation           request bodies and query strings to clean values, or 4xx;
                        list pages and their cursors
   Presentation         rows to API objects
-  Ingest nodes         one adapter per ingest kind: hook to IngestEvent, stats,
-                       drop, config; then the stats poller, the kicker and
-                       the HLS viewer log (nginx's syslog access log)
+  Ingest nodes         one adapter per ingest kind (nginx-rtmp, SRS, MediaMTX):
+                       hook to IngestEvent, stats, drop, config; then each node's
+                       stats poller and kicker, and the HLS viewer log (nginx's
+                       syslog access log)
   Background work      the Purger: what force deletes marked, old samples, old
                        sessions
   The application      Service: what every route shares (store, clock, workers)
-  Clients ... Stats    the routes, by resource, in API.md's order
+  Clients ... Stats    the routes, by resource, in API.md's order; then the
+                       ingest nodes' routes and the dashboard's page
   Ingest hooks         the decisions (plain functions), then the events acting
                        on them, and the POST /v1/hooks/<kind> route
   Webhooks             signing, the retry schedule, the Deliverer (posts the
