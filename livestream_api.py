@@ -4298,7 +4298,8 @@ class Deliverer:
     delivery per endpoint at a time, so a slow endpoint holds up only its own.
     Each pass also ends stale sessions and windows (`sweep`) and prunes old events."""
 
-    #: Seconds between passes: the most an event waits before its first attempt.
+    #: Seconds between passes: the most an event waits before its first attempt. An
+    #: attempt's end starts a pass at once, so an endpoint's next event need not wait.
     IDLE_SECONDS = 0.2
     #: Old events are pruned this often, this many a transaction.
     PRUNE_SECONDS, PRUNE_BATCH = 60.0, 500
@@ -4319,6 +4320,7 @@ class Deliverer:
         self._senders = []
         self._next_prune = float('-inf')
         self._stopping = threading.Event()
+        self._attempted = threading.Event()  # an endpoint is free again: dispatch now
         self._thread = None
 
     def run_once(self, now=None):
@@ -4400,6 +4402,7 @@ class Deliverer:
                 if job is not None:
                     with self._lock:
                         self._busy.discard(job[1])
+                    self._attempted.set()
                 self._jobs.task_done()
 
     def start(self):
@@ -4410,6 +4413,7 @@ class Deliverer:
         """Stop dispatching; wait for attempts in flight (at most their timeout): one
         cut short is sent again at the next start, as it is still pending."""
         self._stopping.set()
+        self._attempted.set()
         if self._thread:
             self._thread.join(timeout=30)
         for _ in self._senders:
@@ -4424,7 +4428,9 @@ class Deliverer:
                 self.run_once()
             except sqlite3.Error as error:  # locked by another process, a full disk
                 log.error('webhook worker: %s', error)
-            self._stopping.wait(self.IDLE_SECONDS)
+                self._stopping.wait(self.IDLE_SECONDS)
+            self._attempted.wait(self.IDLE_SECONDS)
+            self._attempted.clear()
 
 
 # Routes: the endpoint and the event log ######################################

@@ -35,6 +35,7 @@ A step passes with hook p99 <= 50 ms, no errors, nothing wrongly ended, RSS <
 import argparse
 import asyncio
 import datetime
+import heapq
 import http.server
 import json
 import os
@@ -286,9 +287,10 @@ async def drive(n, server_port, hook_port, streams, info, args, started, window_
             pending.difference_update([task for task in pending if task.done()])
 
     app_task = asyncio.ensure_future(app_server())
-    # (due, index, call): every stream publishes once in the ramp, then updates.
+    # (due, index, call), a heap: every stream publishes once in the ramp, then
+    # updates every interval from its publish (the ramp may be longer than that).
     schedule = [(t0 + i * args.ramp / n, i, 'publish') for i in range(n)]
-    position, opened = 0, False
+    opened = False
     while True:
         now = loop.time()
         if now >= window[1]:
@@ -296,11 +298,10 @@ async def drive(n, server_port, hook_port, streams, info, args, started, window_
         if not opened and now >= window[0]:
             opened = True
             window_opened()
-        while position < len(schedule) and schedule[position][0] <= now:
-            due, index, call = schedule[position]
-            position += 1
+        while schedule and schedule[0][0] <= now:
+            due, index, call = heapq.heappop(schedule)
             pending.add(asyncio.ensure_future(one(call, streams[index], due)))
-            schedule.append((due + args.interval, index, 'update_publish'))
+            heapq.heappush(schedule, (due + args.interval, index, 'update_publish'))
         if len(pending) > 5000:
             pending.difference_update([task for task in pending if task.done()])
         await asyncio.sleep(0.002)

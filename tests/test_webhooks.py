@@ -601,3 +601,18 @@ def test_an_app_built_with_background_delivers_without_being_driven(tmp_path, re
     finally:
         app.livestream.stop()
     assert not app.livestream.deliverer._thread.is_alive()
+
+
+def test_an_endpoints_events_go_out_back_to_back_not_one_per_pass(app, new_client, receiver,
+                                                                  monkeypatch):
+    """A burst (say 1,000 streams going live after a restart) is sent as fast as the
+    endpoint answers, in order, one at a time: not one event per dispatcher pass."""
+    monkeypatch.setattr(livestream_api.Deliverer, 'IDLE_SECONDS', 60.0)
+    client = new_client()
+    register(client, receiver)
+    for _ in range(20):
+        make_channel(client)
+    app.livestream.deliverer.start()
+    events = receiver.wait_for(20, timeout=10)
+    assert len(events) == 20  # within one 60 s pass: each attempt's end starts the next
+    assert [event['type'] for event in events] == ['channel.created'] * 20
