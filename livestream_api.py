@@ -2796,9 +2796,12 @@ class StatsPoller:
     (a polled kind) has each reading handed to `observe` (Service.observe), which
     keeps its sessions fresh and cuts what may no longer be on air."""
 
-    def __init__(self, node, interval, clock, timeout=2.0, observe=None):
+    def __init__(self, node, interval, clock, timeout=2.0, observe=None, phase=0.0):
         self.node, self.url = node, node.stats_url
         self.interval, self.clock, self.timeout = interval, clock, timeout
+        #: Seconds its thread waits before its first reading: the nodes' readings are
+        #: spread over the interval, so that their parsing never lands all at once.
+        self.phase = phase
         self.observe = observe if node.polled else None
         #: {url, reachable, streams: {name: metrics}, at: the service clock's time it
         #: was taken (None: not yet), took: seconds the reading took}.
@@ -2846,6 +2849,7 @@ class StatsPoller:
             self._thread = None
 
     def _run(self):
+        self._stopping.wait(self.phase)
         while not self._stopping.is_set():
             began = time.monotonic()
             try:
@@ -3158,8 +3162,8 @@ class Service:
         #: Each node's statistics, read in the background (StatsPoller); a polled
         #: kind's readings are observed (Service.observe), since it never re-asks.
         self.pollers = {name: StatsPoller(node, interval, clock, min(2.0, interval),
-                                          self.observe)
-                        for name, node in self.nodes.items()}
+                                          self.observe, interval * index / len(self.nodes))
+                        for index, (name, node) in enumerate(self.nodes.items())}
         #: Drop the publisher of a session the API ends, at its node (a node whose
         #: control URL is empty has none).
         self.kickers = {name: Kicker(node, node.control_url)
