@@ -2619,12 +2619,12 @@ class Srs(IngestNode):
         return 'kicked'
 
     def conf(self, hook_secret, rtmp_port=1935, http_port=8080, prefix='/var/lib/livestream-srs',
-             api_port=1985, node=None):
+             api_port=1985):
         """A complete srs.conf whose hooks call this API (secret and node in the URL)."""
         return _data_path('srs.conf.template').read_text().format(
             prefix=os.path.abspath(prefix), rtmp_port=rtmp_port, http_port=http_port,
             api_port=api_port,
-            hook=hook_url(self.config, self.kind, hook_secret, node or self.hook_node))
+            hook=hook_url(self.config, self.kind, hook_secret, self.hook_node))
 
 
 @ingest_kind
@@ -2755,13 +2755,13 @@ class MediaMtx(IngestNode):
                     raise
         return 'already gone'
 
-    def conf(self, hook_secret, rtmp_port=1935, api_port=9997, node=None):
+    def conf(self, hook_secret, rtmp_port=1935, api_port=9997):
         """A mediamtx.yml whose auth and runOnUnavailable call this API (secret and
         node in the URLs), its API on loopback."""
         return _data_path('mediamtx.yml.template').read_text().format(
             rtmp_port=rtmp_port, api_port=api_port, app=rtmp_app(self.settings['rtmp_url']),
-            hook=hook_url(self.config, self.kind, hook_secret, node or self.hook_node),
-            unavailable=hook_url(self.config, self.kind, hook_secret, node or self.hook_node,
+            hook=hook_url(self.config, self.kind, hook_secret, self.hook_node),
+            unavailable=hook_url(self.config, self.kind, hook_secret, self.hook_node,
                                  'unavailable'))
 
 
@@ -5757,6 +5757,12 @@ def _parser():
     return parser
 
 
+#: Each config generator's command and the ingest kind whose config it writes.
+CONF_COMMANDS = {'nginx-conf': 'nginx-rtmp', 'srs-conf': 'srs', 'mediamtx-conf': 'mediamtx'}
+#: The options of the config generators, passed to their kind's conf() by name.
+CONF_OPTIONS = ('rtmp_port', 'http_port', 'prefix', 'api_port')
+
+
 def _print_conf(args, conf_text):
     """A generated config to --output (private: it holds the hook secret), or stdout."""
     if args.output:
@@ -5824,22 +5830,15 @@ def main(argv=None, environ=None):
             print('database ready: %s' % database)
         elif args.command == 'backup':
             return run_backup(store, args.dest)
-        elif args.command == 'nginx-conf':
-            for warning in nginx_port_warnings(config, args.rtmp_port, args.http_port,
-                                               args.node):
-                print('livestream-api: warning: %s' % warning, file=sys.stderr)
-            _print_conf(args, app.livestream.nodes[args.node].conf(
-                app.livestream.hook_secret, args.rtmp_port, args.http_port, args.prefix))
-        elif args.command in ('srs-conf', 'mediamtx-conf'):
-            kind = args.command[:-len('-conf')]
-            # The node's own adapter where it is of this kind (its settings), else the kind's.
-            node = app.livestream.nodes[args.node]
-            adapter = node if node.kind == kind else app.livestream.kinds[kind]
-            hook_node = None if args.node == DEFAULT_NODE else args.node
-            _print_conf(args, adapter.conf(app.livestream.hook_secret, args.rtmp_port,
-                                           args.http_port, args.prefix, args.api_port, hook_node)
-                        if kind == 'srs' else adapter.conf(
-                            app.livestream.hook_secret, args.rtmp_port, args.api_port, hook_node))
+        elif args.command in CONF_COMMANDS:
+            if args.command == 'nginx-conf':
+                for warning in nginx_port_warnings(config, args.rtmp_port, args.http_port,
+                                                   args.node):
+                    print('livestream-api: warning: %s' % warning, file=sys.stderr)
+            # The writer of this kind for the node named: its URLs, its name in the hooks.
+            writer = INGEST_KINDS[CONF_COMMANDS[args.command]](config, args.node)
+            ports = {name: getattr(args, name) for name in CONF_OPTIONS if hasattr(args, name)}
+            _print_conf(args, writer.conf(app.livestream.hook_secret, **ports))
         elif args.client_command == 'create':
             token_id, secret = new_token()
             store.create_client(args.name, args.role, token_id, hash_secret(secret), time.time())
