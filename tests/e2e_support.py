@@ -189,6 +189,8 @@ class Stack:
             # and the hooks' port, which the API's port + 1 (the default) may not be free.
             'LIVESTREAM_SERVER_HOOK_LISTEN': '127.0.0.1:%d' % free_port(),
             'LIVESTREAM_INGEST_UPDATE_INTERVAL': str(update_interval),
+            # A sample row at every update (30 s by default), so a short test charts some.
+            'LIVESTREAM_INGEST_SAMPLE_INTERVAL': str(update_interval),
             # nginx's HLS access log, for the HLS viewer count (5140 may be taken).
             'LIVESTREAM_INGEST_VIEWER_LOG_PORT': str(free_udp_port()),
             'LIVESTREAM_INGEST_HOOK_SECRET': self.hook_secret,

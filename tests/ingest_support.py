@@ -124,6 +124,13 @@ class ControlServer:
         self.thread.join(5)
 
 
+def record(store, session_pk, now, metrics=None):
+    """An update_publish's heartbeat (with figures, if given) on a session, written
+    at once, as the heartbeat writer's pass does."""
+    store.heartbeat(session_pk, now, metrics)
+    store.flush_heartbeats()
+
+
 def iso(timestamp):
     return time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime(timestamp))
 

@@ -17,7 +17,7 @@ import pytest
 
 import livestream_api
 from conftest import ADMIN, basic
-from ingest_support import make_channel, publish, update
+from ingest_support import make_channel, publish, record, update
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / 'bench'))
@@ -58,7 +58,7 @@ def purge(app):
     return calls
 
 
-#: What a measured update_publish records (Store.record_sample).
+#: What a measured update_publish records (Store.heartbeat).
 METRICS = {'bytesIn': 125000, 'bitrateKbps': 1000.0, 'viewers': 2, 'video': None, 'audio': None}
 
 
@@ -69,7 +69,7 @@ def broadcast(hook, store, clock, channel, times=1):
         session_id = store.ingest_channel(channel['id'])['live_session_id']
         for _ in range(2):
             clock.advance(5)
-            store.record_sample(session_id, clock(), METRICS)
+            record(store, session_id, clock(), METRICS)
         if number < times:
             assert hook('publish_done', channel['id'], clientid='1').status_int == 200
 

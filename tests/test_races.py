@@ -8,7 +8,7 @@ import sqlite3
 
 import pytest
 
-from ingest_support import make_channel, publish, publish_done, stream_args, update
+from ingest_support import make_channel, publish, publish_done, record, stream_args, update
 from livestream_api import EC_FORBIDDEN, EC_NOT_FOUND
 
 
@@ -126,14 +126,14 @@ def test_a_sample_for_a_session_that_ended_meanwhile_changes_nothing(admin, hook
     channel = make_channel(admin)
     assert publish(hook, channel).status_int == 200
     session_pk = store.ingest_channel(stream_args(channel)[0])['live_session_id']
-    store.record_sample(session_pk, clock(), {'bytesIn': 1000, 'bitrateKbps': 8.0,
+    record(store, session_pk, clock(), {'bytesIn': 1000, 'bitrateKbps': 8.0,
                                               'viewers': 1, 'video': None, 'audio': None})
     clock.advance(10)
     assert publish_done(hook, channel).json['data']['ended']
     clock.advance(5)
-    store.record_sample(session_pk, clock(), {'bytesIn': 9000, 'bitrateKbps': 64.0,
+    record(store, session_pk, clock(), {'bytesIn': 9000, 'bitrateKbps': 64.0,
                                               'viewers': 2, 'video': None, 'audio': None})
-    store.record_sample(session_pk, clock(), None)
+    record(store, session_pk, clock(), None)
     ended_bytes = 1000 + 8 * 125 * 10  # extrapolated over the 10 s after its sample
     db = sqlite3.connect(store.path)
     try:

@@ -4,6 +4,7 @@ down in SQL, and the samples' retention by the purge worker."""
 import pytest
 
 from ingest_support import iso, make_channel, publish, publish_done, update
+from ingest_support import record as record_beat
 
 EC_BAD_REQUEST, EC_NOT_FOUND = 1, 6
 
@@ -13,9 +14,15 @@ def record(store, channel, clock, figures):
     session_id = store.ingest_channel(channel['id'])['live_session_id']
     for bitrate, bytes_in, viewers in figures:
         clock.advance(10)
-        store.record_sample(session_id, clock(), {'bitrateKbps': bitrate, 'bytesIn': bytes_in,
+        record_beat(store, session_id, clock(), {'bitrateKbps': bitrate, 'bytesIn': bytes_in,
                                                   'viewers': viewers, 'video': None,
                                                   'audio': None})
+
+
+@pytest.fixture
+def app(make_app):
+    """Samples 10 s apart are each kept: [ingest] sample_interval = 10."""
+    return make_app(ingest={'sample_interval': '10'})[1]
 
 
 @pytest.fixture
