@@ -1,8 +1,8 @@
 """How many concurrent live streams one API process carries (issue 21).
 
     python bench/capacity.py [--steps 1000,2000,5000,10000,20000,40000] [--per-node 1000]
-                             [--interval 10] [--hold 60] [--ramp 30] [--connections 64]
-                             [--workdir DIR] [--out results.json]
+                             [--interval 10] [--hold 60] [--ramp SECONDS] [--connections 64]
+                             [--keepalive] [--workdir DIR] [--out results.json]
 
 For each step N (stopping at the first that fails), on a fresh file database:
 - the real server (`python -m livestream_api serve`, hooks on their own listener)
@@ -15,8 +15,10 @@ For each step N (stopping at the first that fails), on a fresh file database:
   each delivery's lag (its arrival minus the event's createdAt);
 - this process drives, open loop on asyncio, what nginx-rtmp sends: `publish` for
   every stream (ramped over --ramp seconds), then `update_publish` every --interval
-  per stream at its own phase (N / interval calls per second, spread evenly), over
-  --connections keep-alive connections; and an App Server: GET
+  per stream at its own phase (N / interval calls per second, spread evenly), each
+  on a connection of its own, HTTP/1.0 with `Connection: Close`, as nginx-rtmp
+  sends them (at most --connections at once; --keepalive: over that many
+  keep-alive connections instead); and an App Server: GET
   /v1/channels?status=live every second, GET /v1/channels/{id}/stats 50/s, 5
   creates/s, a webhook registered (when the server has webhooks).
 
@@ -134,27 +136,27 @@ def stat_nodes(args):
 # An open-loop HTTP/1.1 client ##################################################
 
 class Client:
-    """A pool of keep-alive connections to one port; each call waits for a free one."""
+    """Calls to one port, at most `size` at once: over keep-alive connections, or
+    (keepalive=False) each on its own connection, HTTP/1.0 with `Connection: Close`,
+    as nginx-rtmp's notify module sends every hook call."""
 
-    def __init__(self, port, size):
-        self.port, self.size = port, size
+    def __init__(self, port, size, keepalive=True):
+        self.port, self.size, self.keepalive = port, size, keepalive
         self.free = asyncio.Queue()
         self.opened = 0
+        self.slots = asyncio.Semaphore(size)
 
     async def call(self, method, path, body=b'', ctype=None, auth=None):
         """(status, body bytes); a broken connection is dropped and the error raised."""
+        if not self.keepalive:
+            async with self.slots:
+                return await self._once(method, path, body, ctype, auth)
         if self.free.empty() and self.opened < self.size:
             self.opened += 1
             self.free.put_nowait(await asyncio.open_connection('127.0.0.1', self.port))
         reader, writer = await self.free.get()
-        head = ['%s %s HTTP/1.1' % (method, path), 'Host: 127.0.0.1',
-                'Content-Length: %d' % len(body)]
-        if ctype:
-            head.append('Content-Type: ' + ctype)
-        if auth:
-            head.append('Authorization: ' + auth)
         try:
-            writer.write(('\r\n'.join(head) + '\r\n\r\n').encode() + body)
+            writer.write(self._request('HTTP/1.1', method, path, body, ctype, auth))
             status_line = await reader.readline()
             length = 0
             while True:
@@ -172,6 +174,26 @@ class Client:
         self.free.put_nowait((reader, writer))
         return status, answer
 
+    async def _once(self, method, path, body, ctype, auth):
+        reader, writer = await asyncio.open_connection('127.0.0.1', self.port)
+        try:
+            writer.write(self._request('HTTP/1.0', method, path, body, ctype, auth,
+                                       'Connection: Close'))
+            head, _, answer = (await reader.read()).partition(b'\r\n\r\n')
+            return int(head.split(None, 2)[1]), answer
+        finally:
+            writer.close()
+
+    @staticmethod
+    def _request(version, method, path, body, ctype, auth, *extra):
+        head = ['%s %s %s' % (method, path, version), 'Host: 127.0.0.1',
+                'Content-Length: %d' % len(body)] + list(extra)
+        if ctype:
+            head.append('Content-Type: ' + ctype)
+        if auth:
+            head.append('Authorization: ' + auth)
+        return ('\r\n'.join(head) + '\r\n\r\n').encode() + body
+
 
 # One step ######################################################################
 
@@ -182,16 +204,20 @@ def hook_body(call, channel_id, key, client):
                key)).encode()
 
 
+def stat_url(port, args):
+    return '' if args.no_stats else 'http://127.0.0.1:%d/stat' % port
+
+
 def write_config(path, ports, nodes, args):
     lines = ['[server]', 'threads = %d' % args.threads, '',
              '[ingest]', 'hook_secret = %s' % HOOK_SECRET,
              'update_interval = %d' % args.interval, 'control_url =',
-             'stat_url = http://127.0.0.1:%d/stat' % ports[0], '']
+             'stat_url = %s' % stat_url(ports[0], args), '']
     for node in range(1, nodes):
         lines += ['[ingest.n%d]' % node, 'kind = nginx-rtmp',
                   'rtmp_url = rtmp://127.0.0.1:%d/live' % (1935 + node),
                   'hls_url = http://127.0.0.1:%d/hls' % (8080 + node),
-                  'stat_url = http://127.0.0.1:%d/stat' % ports[node], '']
+                  'stat_url = %s' % stat_url(ports[node], args), '']
     with open(path, 'w') as config:
         config.write('\n'.join(lines))
 
@@ -224,7 +250,7 @@ async def drive(n, server_port, hook_port, streams, info, args, started, window_
     """Ramp, then hold; returns what was measured from this side. `started(t0)` is
     told the wall time of the first publish; `window_opened()` is called as the
     measured window opens."""
-    hooks = Client(hook_port, args.connections)
+    hooks = Client(hook_port, args.connections, keepalive=args.keepalive)
     app = Client(server_port, 8)
     app_auth = bench_run.basic(*info['app'])
     creator_auth = bench_run.basic(*info['creator'])
@@ -232,7 +258,7 @@ async def drive(n, server_port, hook_port, streams, info, args, started, window_
     t0 = loop.time() + 1.0
     started(time.time() + 1.0)
     window = (t0 + args.ramp + args.interval, t0 + args.ramp + args.interval + args.hold)
-    measured = {'latency': [], 'errors': 0, 'error_samples': [], 'offered': 0,
+    measured = {'latency': [], 'timeline': [], 'start_lag': [], 'errors': 0, 'error_samples': [], 'offered': 0,
                 'answered': 0, 'app_latency': [], 'app_errors': 0}
     pending = set()
 
@@ -243,6 +269,9 @@ async def drive(n, server_port, hook_port, streams, info, args, started, window_
         counted = window[0] <= due < window[1]
         if counted:
             measured['offered'] += 1
+            # How late this generator itself starts the call (its own loop's delay,
+            # counted in the latency too: a p99 it dominates says nothing of the server).
+            measured['start_lag'].append(loop.time() - due)
         try:
             status, body = await hooks.call('POST', path, hook_body(call, channel_id, key, client),
                                             'application/x-www-form-urlencoded')
@@ -250,6 +279,7 @@ async def drive(n, server_port, hook_port, streams, info, args, started, window_
             status, body = None, repr(error).encode()
         if counted:
             measured['latency'].append(loop.time() - due)
+            measured['timeline'].append((round(due - t0, 4), round(loop.time() - due, 4)))
             measured['answered'] += 1
         if status != 200:
             measured['errors'] += 1
@@ -297,7 +327,8 @@ async def drive(n, server_port, hook_port, streams, info, args, started, window_
             break
         if not opened and now >= window[0]:
             opened = True
-            window_opened()
+            # Off this loop: reading the database's size here would delay the calls.
+            marks_taken = loop.run_in_executor(None, window_opened)
         while schedule and schedule[0][0] <= now:
             due, index, call = heapq.heappop(schedule)
             pending.add(asyncio.ensure_future(one(call, streams[index], due)))
@@ -306,12 +337,16 @@ async def drive(n, server_port, hook_port, streams, info, args, started, window_
             pending.difference_update([task for task in pending if task.done()])
         await asyncio.sleep(0.002)
     await app_task
+    await marks_taken
     await asyncio.wait(pending, timeout=10)
     return measured
 
 
 def step(n, args, workdir):
     nodes = max(1, -(-n // args.per_node))
+    # Publishes are write transactions, synced one at a time (about 1,000 a second
+    # here): a ramp at 250 a second leaves the server time for the updates.
+    args = argparse.Namespace(**dict(vars(args), ramp=args.ramp or max(30, n / 250)))
     stepdir = os.path.join(workdir, 'n%d' % n)
     os.makedirs(stepdir)
     db = os.path.join(stepdir, 'capacity.db')
@@ -385,6 +420,8 @@ def step(n, args, workdir):
         lags = json.load(lags_file)
     elapsed = ended[0] - marks['start'][0]
     latency = measured['latency']
+    with open(os.path.join(stepdir, 'latencies.json'), 'w') as out:
+        json.dump(measured['timeline'], out)  # (seconds from the ramp's start, latency)
     result = {
         'streams': n, 'nodes': nodes,
         'offered_per_s': round(measured['offered'] / args.hold, 1),
@@ -392,6 +429,8 @@ def step(n, args, workdir):
         'answered': measured['answered'] / max(1, measured['offered']),
         'p50_ms': percentile(latency, 0.50) and percentile(latency, 0.50) * 1000,
         'p99_ms': percentile(latency, 0.99) and percentile(latency, 0.99) * 1000,
+        'generator_lag_p99_ms': percentile(measured['start_lag'], 0.99) and
+        percentile(measured['start_lag'], 0.99) * 1000,
         'max_ms': max(latency) * 1000 if latency else None,
         'errors': measured['errors'], 'error_samples': measured['error_samples'],
         'wrongly_ended': wrongly_ended,
@@ -429,6 +468,7 @@ COLUMNS = [('streams', 'streams', '%d'), ('nodes', 'nodes', '%d'),
            ('webhook_lag_p99_s', 'webhook lag p99 s', '%.2f'),
            ('app_p99_ms', 'app p99 ms', '%.0f'),
            ('generator_cpu_pct', 'generator CPU %', '%.0f'),
+           ('generator_lag_p99_ms', 'generator lag p99 ms', '%.1f'),
            ('stat_nodes_cpu_pct', 'stat nodes CPU %', '%.0f'), ('passed', 'holds', '%s')]
 
 
@@ -455,8 +495,14 @@ def main(argv=None):
     parser.add_argument('--per-node', type=int, default=1000)
     parser.add_argument('--interval', type=int, default=10)
     parser.add_argument('--hold', type=int, default=60)
-    parser.add_argument('--ramp', type=int, default=30)
+    parser.add_argument('--ramp', type=float, help='seconds over which the streams '
+                        'publish (default: N/250, at least 30)')
     parser.add_argument('--connections', type=int, default=64)
+    parser.add_argument('--no-stats', action='store_true',
+                        help='nodes without /stat (no polls, no figures): the hooks alone')
+    parser.add_argument('--keepalive', action='store_true',
+                        help='hook calls over keep-alive connections (nginx-rtmp opens one '
+                             'per call, as this bench does by default)')
     parser.add_argument('--threads', type=int, default=8)
     parser.add_argument('--workdir')
     parser.add_argument('--out')
