@@ -258,7 +258,12 @@ async def drive(n, server_port, hook_port, streams, info, args, started, window_
     t0 = loop.time() + 1.0
     started(time.time() + 1.0)
     window = (t0 + args.ramp + args.interval, t0 + args.ramp + args.interval + args.hold)
-    measured = {'latency': [], 'timeline': [], 'start_lag': [], 'errors': 0, 'error_samples': [], 'offered': 0,
+    # Calls not yet answered, at most 5 s worth: past that the step has failed, and
+    # queueing more would only grow this process (a call beyond it is counted an
+    # error, `not_sent`, and not made).
+    backlog_cap = max(1000, 5 * n // args.interval)
+    measured = {'in_flight': 0, 'not_sent': 0, 'latency': [], 'timeline': [], 'start_lag': [],
+                'errors': 0, 'error_samples': [], 'offered': 0,
                 'answered': 0, 'app_latency': [], 'app_errors': 0}
     pending = set()
 
@@ -277,6 +282,8 @@ async def drive(n, server_port, hook_port, streams, info, args, started, window_
                                             'application/x-www-form-urlencoded')
         except Exception as error:  # counted, and the run goes on
             status, body = None, repr(error).encode()
+        finally:
+            measured['in_flight'] -= 1
         if counted:
             measured['latency'].append(loop.time() - due)
             measured['timeline'].append((round(due - t0, 4), round(loop.time() - due, 4)))
@@ -331,7 +338,13 @@ async def drive(n, server_port, hook_port, streams, info, args, started, window_
             marks_taken = loop.run_in_executor(None, window_opened)
         while schedule and schedule[0][0] <= now:
             due, index, call = heapq.heappop(schedule)
-            pending.add(asyncio.ensure_future(one(call, streams[index], due)))
+            if measured['in_flight'] < backlog_cap:
+                measured['in_flight'] += 1
+                pending.add(asyncio.ensure_future(one(call, streams[index], due)))
+            elif window[0] <= due < window[1]:  # the server is that far behind: not sent
+                measured['offered'] += 1
+                measured['errors'] += 1
+                measured['not_sent'] += 1
             heapq.heappush(schedule, (due + args.interval, index, 'update_publish'))
         if len(pending) > 5000:
             pending.difference_update([task for task in pending if task.done()])
@@ -433,6 +446,7 @@ def step(n, args, workdir):
         percentile(measured['start_lag'], 0.99) * 1000,
         'max_ms': max(latency) * 1000 if latency else None,
         'errors': measured['errors'], 'error_samples': measured['error_samples'],
+        'not_sent': measured['not_sent'],
         'wrongly_ended': wrongly_ended,
         'server_cpu_pct': round(100 * (ended[1] - marks['start'][1]) / elapsed, 1),
         'stat_nodes_cpu_pct': round(100 * (ended[2] - marks['start'][2]) / elapsed, 1),
