@@ -13,8 +13,11 @@ import re
 import signal
 import socket
 import statistics
+import threading
 import time
+import urllib.error
 import urllib.parse
+import urllib.request
 
 import pytest
 import webtest
@@ -411,3 +414,38 @@ def test_the_open_files_limit_is_raised_to_fit_the_connections(monkeypatch, capl
     assert livestream_api._fit_open_files(server, 2000) == limit
     assert raised == ([(raised_to, hard)] if raised_to else [])
     assert ('connection_limit lowered to %d' % limit in caplog.text) == (limit < 2000)
+
+
+def test_the_hook_listener_answers_in_its_own_thread_and_outlives_a_failing_request():
+    """_InLoop: each hook is answered by the listener's loop thread, not handed to
+    worker threads; a request that fails is a 500 and the next one is answered."""
+    answered_by = []
+
+    def app(environ, start_response):
+        answered_by.append(threading.current_thread().name)
+        if environ['PATH_INFO'] == '/fail':
+            raise RuntimeError('this request fails')
+        start_response('200 OK', [('Content-Type', 'text/plain'), ('Content-Length', '2')])
+        return [b'ok']
+
+    sock = livestream_api.bind('127.0.0.1', 0, 'ingest hooks')
+    server = livestream_api.load_config(environ={})['server']
+    listener = livestream_api._listener(app, sock, server, **livestream_api.HOOK_LISTENER)
+    assert isinstance(listener.task_dispatcher, livestream_api._InLoop)
+    stopping = threading.Event()
+    loop = threading.Thread(target=livestream_api._run, args=(listener, stopping, 1),
+                            name='hook-listener-under-test', daemon=True)
+    loop.start()
+    base = 'http://127.0.0.1:%d' % sock.getsockname()[1]
+    try:
+        with pytest.raises(urllib.error.HTTPError) as failed:
+            urllib.request.urlopen(base + '/fail', timeout=5)
+        assert failed.value.code == 500
+        for _ in range(3):
+            with urllib.request.urlopen(base + '/ok', timeout=5) as answer:
+                assert answer.read() == b'ok'
+    finally:
+        stopping.set()
+        loop.join(5)
+    assert answered_by == ['hook-listener-under-test'] * 4
+    assert not loop.is_alive()
