@@ -500,6 +500,17 @@ def _beat_figures(metrics, now):
             json.dumps(metrics['audio']) if metrics['audio'] else None)
 
 
+def _merged(held, beat):
+    """A session's heartbeat held (or None) and another as one: the later last-seen
+    time, the figures measured later, the peaks of both."""
+    if held is None:
+        return beat
+    figures = held.figures if beat.figures is None or (
+        held.figures and held.figures[0] > beat.figures[0]) else beat.figures
+    return Beat(max(held.seen, beat.seen), figures, _max(held.peak_bitrate, beat.peak_bitrate),
+                _max(held.peak_viewers, beat.peak_viewers))
+
+
 def _max(a, b):
     """The larger of two figures, either of which may be None (not measured)."""
     return b if a is None else a if b is None else max(a, b)
@@ -1346,15 +1357,8 @@ class Store:
         held are ignored; the peaks of figures not yet written are kept."""
         row = None if metrics is None else _beat_figures(metrics, now)
         with self._beats_lock:
-            beat = self._beats.get(session_pk)
-            if beat is None:
-                self._beats[session_pk] = Beat(now, row, row and row[2], row and row[5])
-                return
-            latest = beat.figures if row is None or (
-                beat.figures and beat.figures[0] > row[0]) else row
-            self._beats[session_pk] = Beat(
-                max(beat.seen, now), latest, _max(beat.peak_bitrate, row and row[2]),
-                _max(beat.peak_viewers, row and row[5]))
+            self._beats[session_pk] = _merged(self._beats.get(session_pk),
+                                              Beat(now, row, row and row[2], row and row[5]))
 
     def beat_measured_at(self, session_pk):
         """When the figures held for a session (not yet written) were measured, or None."""
@@ -1374,11 +1378,7 @@ class Store:
         except BaseException:
             with self._beats_lock:
                 for session_pk, beat in beats.items():
-                    newer = self._beats.get(session_pk)
-                    self._beats[session_pk] = beat if newer is None else Beat(
-                        max(beat.seen, newer.seen), newer.figures or beat.figures,
-                        _max(beat.peak_bitrate, newer.peak_bitrate),
-                        _max(beat.peak_viewers, newer.peak_viewers))
+                    self._beats[session_pk] = _merged(self._beats.get(session_pk), beat)
             raise
         return len(beats)
 
